@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError, ModelError
 from .feature_maps import FeatureMap, Layout
 
 
@@ -43,3 +44,397 @@ class PFVResult:
     outputs: dict[str, np.ndarray]  # the model's original outputs, unchanged
     basis: Any = None  # the principal basis used (see pca.PrincipalBasis)
     maps: list[FeatureMap] = field(default_factory=list)  # records of the tensors used
+
+
+@dataclass
+class InspectReport:
+    """The spatial maps of a model and the automatic (or requested) choice, with reasons."""
+
+    input_name: str
+    input_layout: Layout
+    input_shape: tuple[int | str | None, ...]
+    size: tuple[int, int]
+    candidates: list[FeatureMap]
+    decomposed: FeatureMap
+    weighting: list[FeatureMap]
+    notes: list[str]
+
+
+def _parse_layout(layout: str | Layout | None) -> Layout | None:
+    if layout is None or isinstance(layout, Layout):
+        return layout
+    try:
+        return Layout(str(layout).upper())
+    except ValueError:
+        raise InputError(f"unknown layout {layout!r}; use NCHW or NHWC") from None
+
+
+def _input_layout(model: Any, spec: Any, forced: Layout | None) -> tuple[Layout, str]:
+    """The image input's layout as the graph determines it, with how it was found."""
+    from . import surgery
+    from .model_io import infer_tensor_info
+
+    if forced is not None:
+        return forced, "given by the caller"
+    # Propagate with the graph's own (possibly symbolic) shapes, pinned to a nominal size where
+    # the dims are unknown: consumers of the input tell its layout (Conv: NCHW, Transpose [0,3,1,2]: NHWC).
+    for guess in (Layout.NCHW, Layout.NHWC):
+        dims = list(spec.dims)
+        h_ax, w_ax = guess.spatial_axes
+        c_ax = guess.channel_axis
+        filled = [d if isinstance(d, int) else (1 if i == 0 else (3 if i == c_ax else 64)) for i, d in enumerate(dims)]
+        pinned = surgery.with_pinned_input(model, spec, tuple(filled))
+        info = infer_tensor_info(pinned)
+        g = surgery._build(pinned, info)
+        layouts = surgery._propagate_layouts(g, spec.name, None)
+        if spec.name in layouts:
+            return layouts[spec.name], "from the operators that read the input"
+    dims = spec.dims
+    if dims[1] in (1, 3, 4) and dims[3] not in (1, 3, 4):
+        return Layout.NCHW, "guessed from the input shape (channels second); give layout= if wrong"
+    if dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4):
+        return Layout.NHWC, "guessed from the input shape (channels last); give layout= if wrong"
+    raise ModelError(
+        f"cannot tell whether input {spec.name!r} (shape {list(dims)}) is NCHW or NHWC; give layout='NCHW' or 'NHWC' (--layout)"
+    )
+
+
+def _probe(provider: str, external_dir: Path):
+    """Shapes of untyped tensors from one run at batch 1 (when shape inference gives up)."""
+
+    def run(pinned: Any, names: list[str], dims: tuple[int, ...]) -> dict:
+        import onnx
+
+        from .model_io import TensorInfo
+        from .runtime import create_session
+
+        probe_model = onnx.ModelProto()
+        probe_model.CopyFrom(pinned)
+        existing = {o.name for o in probe_model.graph.output}
+        for name in names:
+            if name not in existing:
+                probe_model.graph.output.append(onnx.ValueInfoProto(name=name))
+        spec_input = next(i for i in probe_model.graph.input if i.type.tensor_type.shape.dim)
+        elem = spec_input.type.tensor_type.elem_type
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        sess = create_session(probe_model, "cpu", external_data_dir=external_dir)
+        values = sess.run(np.zeros(dims, dtype=np_dtype))
+        out = {}
+        for name in names:
+            v = values.get(name)
+            if v is not None and hasattr(v, "shape"):
+                out[name] = TensorInfo(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), tuple(int(d) for d in v.shape))
+        return out
+
+    return run
+
+
+class PFV:
+    """Principal Feature Visualisation of one ONNX model.
+
+    Holds the model (without its external data in memory), the analysis per input size and the
+    onnxruntime session per set of tapped tensors. See docs/API.md for the contract.
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        provider: str = "auto",
+        k: int = 3,
+        hierarchical: bool = False,
+        n_sigma: float = 1.0,
+        layer: str | None = None,
+        weight_layers: Sequence[str] | None = None,
+        input_name: str | None = None,
+        layout: str | Layout | None = None,
+        self_check: bool = True,
+        max_tensor_bytes: int | None = None,
+    ) -> None:
+        from . import model_io, runtime
+
+        self.model_path = Path(model)
+        self._model = model_io.load_model(self.model_path)
+        self.model_sha256 = model_io.file_sha256(self.model_path)
+        self.metadata = {p.key: p.value for p in self._model.metadata_props}
+        self._spec = model_io.image_input(self._model, input_name)
+        self.input_name = self._spec.name
+        self.input_layout, self.layout_reason = _input_layout(self._model, self._spec, _parse_layout(layout))
+        a, b = self.input_layout.spatial_axes
+        dims = self._spec.dims
+        self.input_size: tuple[int | None, int | None] = (
+            dims[a] if isinstance(dims[a], int) else None,
+            dims[b] if isinstance(dims[b], int) else None,
+        )
+        c = dims[self.input_layout.channel_axis]
+        self.input_channels: int | None = c if isinstance(c, int) else None
+        self.fixed_batch: int | None = dims[0] if isinstance(dims[0], int) else None
+        self.output_names = [o.name for o in self._model.graph.output]
+        self.k, self.hierarchical, self.n_sigma = k, hierarchical, n_sigma
+        self.layer, self.weight_layers = layer, (list(weight_layers) if weight_layers is not None else None)
+        self._provider_request = provider
+        runtime.resolve_provider(provider)  # fails early for a missing CUDA provider
+        self._max_tensor_bytes = max_tensor_bytes or model_io.DEFAULT_MAX_TENSOR_BYTES
+        self._self_check = self_check
+        self.self_check_result: str | None = None
+        self._analyses: dict[tuple[int, int], Any] = {}
+        self._sessions: dict[tuple[str, ...], Any] = {}
+        # Analyse and build the session for the default size now, so model errors surface here.
+        self._session_for(self.default_size)
+
+    # ------------------------------------------------------------ analysis and sessions
+
+    @property
+    def default_size(self) -> tuple[int, int]:
+        h, w = self.input_size
+        return (h or 224, w or 224)
+
+    @property
+    def provider(self) -> str:
+        return next(iter(self._sessions.values()))[0].provider if self._sessions else self._provider_request
+
+    def analysis(self, size: tuple[int, int] | None = None):
+        from . import surgery
+
+        size = tuple(size or self.default_size)  # type: ignore[assignment]
+        if size not in self._analyses:
+            self._analyses[size] = surgery.analyse(
+                self._model,
+                self._spec,
+                size,  # type: ignore[arg-type]
+                input_layout=self.input_layout,
+                layer=self.layer,
+                weight_layers=self.weight_layers,
+                probe=_probe("cpu", self.model_path.parent),
+                max_tensor_bytes=self._max_tensor_bytes,
+            )
+        return self._analyses[size]
+
+    def feature_maps(self, size: tuple[int, int] | None = None) -> list[FeatureMap]:
+        """The tensors used at input size (H, W), earliest first; the last one is E_L."""
+        return self.analysis(size).chosen
+
+    def _session_for(self, size: tuple[int, int]):
+        from . import runtime, surgery
+
+        analysis = self.analysis(size)
+        key = tuple(fm.name for fm in analysis.chosen)
+        if key not in self._sessions:
+            rewritten, taps = surgery.rewrite(self._model, analysis)
+            names = self.output_names + [t.output for t in taps]
+            sess = runtime.create_session(
+                rewritten, self._provider_request, external_data_dir=self.model_path.parent, output_names=names, input_name=self.input_name
+            )
+            self._sessions[key] = (sess, taps)
+        return analysis, self._sessions[key]
+
+    def save_surgery(self, path: str | Path, size: tuple[int, int] | None = None) -> Path:
+        """Write the rewritten model (the original outputs plus the tapped maps)."""
+        import onnx
+
+        from . import surgery
+
+        rewritten, _ = surgery.rewrite(self._model, self.analysis(size))
+        out = Path(path)
+        tmp = out.with_name(out.name + ".tmp")
+        uses_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in rewritten.graph.initializer)
+        if uses_external:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(rewritten, str(self.model_path.parent))
+        onnx.checker.check_model(rewritten)
+        onnx.save(rewritten, str(tmp))
+        tmp.replace(out)
+        return out
+
+    # ------------------------------------------------------------ running
+
+    def _prepare(self, batch: Any) -> tuple[np.ndarray, tuple[int, int]]:
+        import onnx
+
+        if not hasattr(batch, "shape") or not hasattr(batch, "dtype"):
+            raise InputError("the batch must be a NumPy array of preprocessed images")
+        batch = np.asarray(batch)
+        if batch.ndim != 4:
+            raise InputError(f"the batch must be 4-D ({self.input_layout.value}), got shape {list(batch.shape)}")
+        if batch.shape[0] == 0:
+            raise InputError("the batch is empty; give at least one image")
+        if not np.issubdtype(batch.dtype, np.floating):
+            raise InputError(f"the batch must hold floats (preprocessed images), got {batch.dtype}")
+        a, b = self.input_layout.spatial_axes
+        c_axis = self.input_layout.channel_axis
+        if self.input_channels is not None and batch.shape[c_axis] != self.input_channels:
+            raise InputError(
+                f"the model takes {self.input_channels} channels in {self.input_layout.value} layout, "
+                f"the batch has shape {list(batch.shape)}"
+            )
+        hw = (int(batch.shape[a]), int(batch.shape[b]))
+        for got, want, what in ((hw[0], self.input_size[0], "height"), (hw[1], self.input_size[1], "width")):
+            if want is not None and got != want:
+                raise InputError(f"the model takes images of {what} {want}, the batch has {got} (shape {list(batch.shape)})")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(self._spec.elem_type)
+        return np.ascontiguousarray(batch, dtype=dtype), hw
+
+    def forward(self, batch: Any) -> ForwardPass:
+        """One forward pass over a chunk of images; keeps E_L and the weighting channel sums."""
+        from .xp import to_host
+
+        batch, hw = self._prepare(batch)
+        analysis, (sess, taps) = self._session_for(hw)
+        tap_names = {t.output for t in taps}
+        fixed = self.fixed_batch
+        step = fixed if fixed else batch.shape[0]
+        runs = []
+        for start in range(0, batch.shape[0], step):
+            chunk = batch[start : start + step]
+            n_real = chunk.shape[0]
+            if fixed and n_real < fixed:  # pad a fixed-batch model's last chunk, then drop the padding
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n_real, axis=0)])
+            values = sess.run(chunk, device_outputs=tap_names)
+            runs.append({k: v[:n_real] for k, v in values.items()})
+        if self._self_check and self.self_check_result is None:
+            self._check_outputs(batch[:step], runs[0])
+        values = runs[0] if len(runs) == 1 else {k: _concat([r[k] for r in runs]) for k in runs[0]}
+        by_source = {t.source: values[t.output] for t in taps}
+        decomposed = self._to_nchw(by_source[analysis.decomposed.name], analysis.decomposed.layout)
+        weights = [self._to_nchw(by_source[fm.name], fm.layout) for fm in analysis.weighting]
+        outputs = {name: to_host(values[name]) for name in self.output_names}
+        return ForwardPass(decomposed=decomposed, weights=weights, outputs=outputs, input_hw=hw)
+
+    @staticmethod
+    def _to_nchw(a: Any, layout: Layout) -> Any:
+        from .xp import array_module
+
+        xp = array_module(a)
+        if a.dtype != xp.float32:
+            a = a.astype(xp.float32)
+        return a if layout is Layout.NCHW else a.transpose(0, 3, 1, 2)
+
+    def _check_outputs(self, batch: np.ndarray, tapped: dict[str, Any]) -> None:
+        """Once per model: the original outputs must not change when the maps are tapped."""
+        import warnings
+
+        from . import runtime
+        from .xp import to_host
+
+        plain = runtime.create_session(self.model_path, "cpu", input_name=self.input_name, output_names=self.output_names)
+        ref = plain.run(batch)
+        worst = 0.0
+        for name in self.output_names:
+            a, b = np.asarray(ref[name], dtype=np.float64), np.asarray(to_host(tapped[name]), dtype=np.float64)
+            if a.shape != b.shape:
+                worst = np.inf
+                break
+            scale = max(float(np.abs(a).max()) if a.size else 0.0, 1e-6)
+            worst = max(worst, float(np.abs(a - b).max() / scale) if a.size else 0.0)
+        tolerance = 1e-3 if self.provider == "cuda" else 1e-4
+        if worst > tolerance:
+            self.self_check_result = (
+                f"the model's outputs change by up to {worst:.2e} (relative) when the feature maps are tapped; "
+                "onnxruntime may be mis-optimising the rewritten graph, so treat the maps with care"
+            )
+            warnings.warn(self.self_check_result, RuntimeWarning, stacklevel=3)
+        else:
+            self.self_check_result = f"ok (max relative difference {worst:.1e})"
+
+    def decompose(
+        self,
+        passes: Sequence[ForwardPass],
+        *,
+        k: int | None = None,
+        hierarchical: bool | None = None,
+        n_sigma: float | None = None,
+        basis: Any = None,
+    ) -> PFVResult:
+        """One PCA over the gathered chunks, then weighting and batch colour scaling."""
+        from . import pca, weighting
+        from .xp import array_module, to_host
+
+        if not passes:
+            raise InputError("nothing to decompose: no forward passes were given")
+        k = self.k if k is None else k
+        hierarchical = self.hierarchical if hierarchical is None else hierarchical
+        n_sigma = self.n_sigma if n_sigma is None else n_sigma
+        hw = passes[0].input_hw
+        if any(p.input_hw != hw for p in passes):
+            raise InputError("all images of one decomposition must have the same input size")
+        analysis = self.analysis(hw)
+        xp = array_module(passes[0].decomposed)
+        E = _concat([p.decomposed for p in passes])
+        weights = [_concat([p.weights[i] for p in passes]) for i in range(len(passes[0].weights))]
+        for name, arr in [(analysis.decomposed.name, E), *((fm.name, S) for fm, S in zip(analysis.weighting, weights))]:
+            if not bool(xp.isfinite(arr).all()):
+                raise InputError(f"feature map {name!r} contains NaN or Inf values; check the preprocessing and the model")
+        n, _, h, w = E.shape
+        X = pca.observations(E)
+        if basis is None:
+            basis, P = pca.fit(X, k)
+        else:
+            P = pca.project(X, basis)
+        comps = pca.components(P, n, h, w)
+        weigh = weighting.hierarchical if hierarchical else weighting.flat
+        mapped = weigh(comps, weights, hw)
+        rgb = weighting.scale_colours(mapped, n_sigma).transpose(0, 2, 3, 1)
+        outputs = {name: np.concatenate([p.outputs[name] for p in passes]) for name in passes[0].outputs}
+        return PFVResult(
+            rgb=np.ascontiguousarray(to_host(rgb), dtype=np.float32),
+            components=np.ascontiguousarray(to_host(comps), dtype=np.float32),
+            eigenvalues=np.asarray(basis.eigenvalues, dtype=np.float64),
+            explained_variance_ratio=np.asarray(basis.explained_variance_ratio, dtype=np.float64),
+            feature_maps=[fm.name for fm in analysis.chosen],
+            outputs=outputs,
+            basis=basis,
+            maps=list(analysis.chosen),
+        )
+
+    def explain(
+        self,
+        batch: Any,
+        *,
+        k: int | None = None,
+        hierarchical: bool | None = None,
+        n_sigma: float | None = None,
+        batch_size: int | None = None,
+        basis: Any = None,
+    ) -> PFVResult:
+        """PFV of a batch: one decomposition over all its images (forward passes in chunks)."""
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        n = len(batch) if hasattr(batch, "__len__") else 0
+        step = batch_size or max(n, 1)
+        passes = [self.forward(batch[i : i + step]) for i in range(0, max(n, 1), step)]
+        return self.decompose(passes, k=k, hierarchical=hierarchical, n_sigma=n_sigma, basis=basis)
+
+
+def _concat(arrays: list[Any]) -> Any:
+    from .xp import array_module
+
+    if len(arrays) == 1:
+        return arrays[0]
+    return array_module(arrays[0]).concatenate(arrays, axis=0)
+
+
+def inspect(
+    model: str | Path,
+    *,
+    size: tuple[int, int] | None = None,
+    layer: str | None = None,
+    weight_layers: Sequence[str] | None = None,
+    input_name: str | None = None,
+    layout: str | Layout | None = None,
+) -> InspectReport:
+    """Every spatial map of ``model`` and the choice PFV makes, with reasons. Runs nothing unless shapes need a probe."""
+    from . import model_io, surgery
+
+    path = Path(model)
+    proto = model_io.load_model(path)
+    spec = model_io.image_input(proto, input_name)
+    lay, how = _input_layout(proto, spec, _parse_layout(layout))
+    a, b = lay.spatial_axes
+    static = (spec.dims[a] if isinstance(spec.dims[a], int) else None, spec.dims[b] if isinstance(spec.dims[b], int) else None)
+    hw = tuple(size) if size else (static[0] or 224, static[1] or 224)
+    analysis = surgery.analyse(
+        proto, spec, hw, input_layout=lay, layer=layer, weight_layers=weight_layers, probe=_probe("cpu", path.parent)  # type: ignore[arg-type]
+    )
+    notes = [f"input {spec.name!r} is {lay.value} ({how})", *analysis.notes]
+    return InspectReport(spec.name, lay, spec.dims, hw, analysis.candidates, analysis.decomposed, analysis.weighting, notes)  # type: ignore[arg-type]

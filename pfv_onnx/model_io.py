@@ -1,0 +1,239 @@
+"""Load ONNX models safely, find the image input, and infer shapes at a pinned input size."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnx import TensorProto
+
+from .errors import ModelError
+
+DEFAULT_MAX_TENSOR_BYTES = 2 * 1024**3  # any single activation above this at batch 1 is refused
+
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+QUANT_TYPES = {TensorProto.UINT8, TensorProto.INT8}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The image input of a model: its name, element type and dims as written in the graph.
+
+    Each dim is an int (static), a str (symbolic) or None (unknown).
+    """
+
+    name: str
+    elem_type: int
+    dims: tuple[int | str | None, ...]
+
+
+def _dims_of(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | None:
+    t = value_info.type
+    if not t.HasField("tensor_type") or not t.tensor_type.HasField("shape"):
+        return None
+    dims: list[int | str | None] = []
+    for d in t.tensor_type.shape.dim:
+        if d.HasField("dim_value") and d.dim_value > 0:
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param") and d.dim_param:
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _external_tensors(model: onnx.ModelProto):
+    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+
+    for tensor in _get_all_tensors(model):
+        if uses_external_data(tensor):
+            yield tensor
+
+
+def check_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
+    """Check that every external-data file resolves inside ``base_dir``; return the files.
+
+    Nothing is opened here: paths are checked as strings and with realpath, so a location that
+    escapes the folder (``..``, absolute, or a symlink leading out) is refused before any read.
+    """
+    base = Path(os.path.realpath(base_dir))
+    files: list[Path] = []
+    for tensor in _external_tensors(model):
+        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        if not location:
+            raise ModelError(f"tensor {tensor.name!r} uses external data without a location; the model file is damaged")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location.split("/")[0]:
+            raise ModelError(
+                f"external data of tensor {tensor.name!r} has an absolute path {location!r}; "
+                "only files inside the model's folder are read"
+            )
+        parts = location.replace("\\", "/").split("/")
+        if ".." in parts:
+            raise ModelError(
+                f"external data of tensor {tensor.name!r} points outside the model's folder ({location!r}); refusing to read it"
+            )
+        target = Path(os.path.realpath(base / location))
+        if target != base and base not in target.parents:
+            raise ModelError(
+                f"external data of tensor {tensor.name!r} ({location!r}) resolves outside the model's folder "
+                "(a symbolic link?); refusing to read it"
+            )
+        if not target.is_file():
+            raise ModelError(
+                f"external data file {location!r} of tensor {tensor.name!r} is missing; "
+                f"put it next to the model in {base_dir}"
+            )
+        files.append(target)
+    return files
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file without its external data, after checking where that data lives.
+
+    The returned proto keeps external-data references; the runtime reads them from the model's
+    folder. Raises ModelError for anything a user can fix (missing file, not ONNX, escapes).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file {str(p)!r} does not exist; give the path to an .onnx file")
+    if p.is_dir():
+        raise ModelError(f"{str(p)!r} is a folder; give the path to an .onnx file inside it")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-like errors, ValueError...
+        raise ModelError(f"{str(p)!r} is not a readable ONNX model ({type(exc).__name__}); check the file is complete") from exc
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise ModelError(f"{str(p)!r} holds no ONNX graph; check the file is an exported model")
+    check_external_data(model, p.parent)
+    _check_opsets(model)
+    return model
+
+
+def _check_opsets(model: onnx.ModelProto) -> None:
+    known = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.training", "ai.onnx.preview.training", "com.microsoft.nchwc"}
+    for opset in model.opset_import:
+        if opset.domain not in known:
+            raise ModelError(
+                f"the model uses custom operators of domain {opset.domain!r}, which onnxruntime cannot run "
+                "without their library; export the model with standard ONNX operators"
+            )
+    used = {n.domain for n in model.graph.node}
+    for domain in used - known:
+        raise ModelError(
+            f"the model uses custom operators of domain {domain!r}, which onnxruntime cannot run "
+            "without their library; export the model with standard ONNX operators"
+        )
+
+
+def image_input(model: onnx.ModelProto, input_name: str | None = None) -> InputSpec:
+    """The graph input that takes images: a rank-4 float tensor, or the one named."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if not inputs:
+        raise ModelError("the model has no inputs to feed; it cannot take images")
+    if input_name is not None:
+        chosen = [i for i in inputs if i.name == input_name]
+        if not chosen:
+            names = ", ".join(i.name for i in inputs)
+            raise ModelError(f"the model has no input named {input_name!r}; its inputs are: {names}")
+        inp = chosen[0]
+    elif len(inputs) > 1:
+        names = ", ".join(i.name for i in inputs)
+        raise ModelError(f"the model has several inputs ({names}); name the image input with --input-name / input_name=")
+    else:
+        inp = inputs[0]
+    others = [i.name for i in inputs if i.name != inp.name]
+    if others:
+        raise ModelError(
+            f"the model needs other inputs besides {inp.name!r} ({', '.join(others)}), which pfv-onnx cannot fill; "
+            "export a model whose only input is the image"
+        )
+    dims = _dims_of(inp)
+    elem = inp.type.tensor_type.elem_type if inp.type.HasField("tensor_type") else 0
+    if dims is None or len(dims) != 4 or elem not in FLOAT_TYPES:
+        shape = "unknown shape" if dims is None else f"shape {list(dims)}"
+        raise ModelError(
+            f"input {inp.name!r} ({shape}, type {TensorProto.DataType.Name(elem) if elem else 'unknown'}) is not an image batch; "
+            "pfv-onnx needs a rank-4 float input (NCHW or NHWC)"
+        )
+    return InputSpec(inp.name, elem, dims)
+
+
+def with_pinned_input(model: onnx.ModelProto, spec: InputSpec, dims: tuple[int, int, int, int]) -> onnx.ModelProto:
+    """A copy of the model whose image input has exactly ``dims`` (value_info dropped).
+
+    Pinning before shape inference makes equal resolutions recognisable: with symbolic H/W every op
+    gets a fresh symbol.
+    """
+    pinned = onnx.ModelProto()
+    pinned.CopyFrom(model)
+    del pinned.graph.value_info[:]
+    for inp in pinned.graph.input:
+        if inp.name == spec.name:
+            shape = inp.type.tensor_type.shape
+            for d, v in zip(shape.dim, dims):
+                d.Clear()
+                d.dim_value = int(v)
+    return pinned
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    elem_type: int
+    shape: tuple[int, ...] | None  # None when unknown; every dim concrete otherwise
+
+
+def infer_tensor_info(model: onnx.ModelProto) -> dict[str, TensorInfo]:
+    """Shape inference; returns what is known of every value (concrete dims only)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=False, strict_mode=False, data_prop=True)
+    except Exception:
+        inferred = model  # fall back to whatever the file declares; the caller probes the rest
+    info: dict[str, TensorInfo] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        if not vi.type.HasField("tensor_type"):
+            continue
+        dims = _dims_of(vi)
+        shape = None
+        if dims is not None and all(isinstance(d, int) for d in dims):
+            shape = tuple(int(d) for d in dims)  # type: ignore[arg-type]
+        info[vi.name] = TensorInfo(vi.type.tensor_type.elem_type, shape)
+    for init in model.graph.initializer:
+        info[init.name] = TensorInfo(init.data_type, tuple(int(d) for d in init.dims))
+    return info
+
+
+_ELEM_BYTES = {
+    TensorProto.FLOAT: 4, TensorProto.FLOAT16: 2, TensorProto.BFLOAT16: 2, TensorProto.DOUBLE: 8,
+    TensorProto.INT64: 8, TensorProto.INT32: 4, TensorProto.INT16: 2, TensorProto.UINT16: 2,
+    TensorProto.INT8: 1, TensorProto.UINT8: 1, TensorProto.BOOL: 1, TensorProto.UINT32: 4,
+    TensorProto.UINT64: 8, TensorProto.COMPLEX64: 8, TensorProto.COMPLEX128: 16,
+}
+
+
+def check_tensor_sizes(info: dict[str, TensorInfo], max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> None:
+    """Refuse a model whose inferred tensors (at batch 1) exceed ``max_bytes`` before running it."""
+    for name, ti in info.items():
+        if ti.shape is None:
+            continue
+        n = 1
+        for d in ti.shape:
+            n *= d
+        size = n * _ELEM_BYTES.get(ti.elem_type, 8)
+        if size > max_bytes:
+            raise ModelError(
+                f"tensor {name!r} would need {size / 1024**3:.1f} GiB at batch 1 (shape {list(ti.shape)}), "
+                f"over the limit of {max_bytes / 1024**3:.1f} GiB; refusing to run this model "
+                "(raise max_tensor_bytes if it is genuine)"
+            )

@@ -1,0 +1,179 @@
+"""Writing results: atomic files, deterministic ``.npz`` archives, unique output names.
+
+Every write goes to a temporary file in the target folder and is renamed over the
+target (:func:`os.replace`), so a reader (or a run killed midway) only ever sees a
+missing file or a complete one. Equal inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import unicodedata
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_TEMP_PREFIX = ".pfv-tmp-"
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename; returns the path."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """UTF-8 text written as :func:`atomic_write_bytes` does."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None  # JSON has no NaN or Infinity
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), str):  # enums
+        return obj.value
+    return obj
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    """``obj`` as indented JSON (NumPy values, paths and enums converted; NaN as null)."""
+    text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return atomic_write_text(path, text)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A compressed ``.npz`` archive readable by :func:`numpy.load` without pickle.
+
+    Unlike :func:`numpy.savez_compressed`, entries carry a fixed timestamp, so the same
+    arrays always give the same bytes.
+    """
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key in arrays:
+            arr = np.asarray(arrays[key])
+            if arr.dtype == object:
+                raise TypeError(f"array {key!r} has dtype object; store strings as a fixed-width str array")
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
+    """Write :func:`npz_bytes` atomically."""
+    return atomic_write_bytes(path, npz_bytes(arrays))
+
+
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+
+
+def _safe(part: str) -> str:
+    part = unicodedata.normalize("NFC", part)
+    part = _UNSAFE.sub("_", part).strip()
+    part = part.lstrip(".") or "_"
+    return part[:120]
+
+
+def unique_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """One output base name per input file, unique (ignoring case) and deterministic.
+
+    The name is the file's stem (``cat`` for ``photos/cat.jpg``). When several inputs
+    share it, their parent folders are prefixed (``a__cat``, ``b__cat``) until they differ;
+    then the extension is added (``cat_jpg``, ``cat_png``); a number as the last resort.
+    The names depend only on the list of paths and their order.
+    """
+    items = [Path(p) for p in paths]
+    parents = [[_safe(x) for x in p.parent.parts if x not in ("", ".", "/", "\\") and not x.endswith((":", ":\\"))] for p in items]
+    stems = [_safe(p.stem or p.name) for p in items]
+    exts = [_safe(p.suffix.lstrip(".")) if p.suffix else "" for p in items]
+
+    def name_at(i: int, depth: int, with_ext: bool) -> str:
+        parts = parents[i][len(parents[i]) - depth :] if depth else []
+        base = stems[i] + (f"_{exts[i]}" if with_ext and exts[i] else "")
+        return "__".join([*parts, base])
+
+    def clashes(names: list[str]) -> list[list[int]]:
+        groups: dict[str, list[int]] = {}
+        for i, n in enumerate(names):
+            groups.setdefault(n.casefold(), []).append(i)
+        return [idx for idx in groups.values() if len(idx) > 1]
+
+    names = list(stems)
+    for _ in range(3):  # renaming one clash can, rarely, create another
+        found = clashes(names)
+        if not found:
+            return names
+        for idx in found:
+            deepest = max(len(parents[i]) for i in idx)
+            for with_ext in (False, True):
+                for depth in range(0, deepest + 1):
+                    cand = [name_at(i, depth, with_ext) for i in idx]
+                    if len({c.casefold() for c in cand}) == len(cand):
+                        break
+                else:
+                    continue
+                break
+            else:  # identical paths apart from case: numbered below
+                cand = [names[i] for i in idx]
+            for i, c in zip(idx, cand):
+                names[i] = c
+    used: set[str] = set()
+    out = []
+    for n in names:
+        cand_name, k = n, 2
+        while cand_name.casefold() in used:
+            cand_name = f"{n}-{k}"
+            k += 1
+        used.add(cand_name.casefold())
+        out.append(cand_name)
+    return out
+
+
+def clean_stale_temp_files(folder: str | os.PathLike[str]) -> int:
+    """Remove temporary files left by an interrupted write in ``folder``; returns how many."""
+    removed = 0
+    d = Path(folder)
+    if not d.is_dir():
+        return 0
+    for p in d.iterdir():
+        if p.name.startswith(_TEMP_PREFIX) and p.name.endswith(".tmp") and p.is_file():
+            try:
+                p.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed

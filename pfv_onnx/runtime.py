@@ -1,0 +1,151 @@
+"""onnxruntime sessions: provider choice, session options in one place, and running a batch."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from .errors import DependencyError, ModelError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:  # pragma: no cover - a broken install
+        raise DependencyError("onnxruntime is not installed; run `pip install onnxruntime` (or onnxruntime-gpu)") from exc
+    return ort
+
+
+def check_onnxruntime_builds() -> str | None:
+    """A one-line warning when both onnxruntime and onnxruntime-gpu are installed, else None.
+
+    Both install the same module and the last one installed silently wins.
+    """
+    from importlib import metadata
+
+    present = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(dist)
+            present.append(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if len(present) == 2:
+        return (
+            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; repair with "
+            "`pip uninstall -y onnxruntime onnxruntime-gpu` then `pip install onnxruntime-gpu` (GPU) or `pip install onnxruntime` (CPU)"
+        )
+    return None
+
+
+def resolve_provider(provider: str) -> list[str]:
+    """Execution providers to request for ``auto|cpu|cuda``."""
+    if provider not in ("auto", "cpu", "cuda"):
+        raise ModelError(f"unknown provider {provider!r}; choose auto, cpu or cuda")
+    ort = _ort()
+    available = ort.get_available_providers()
+    if provider == "cpu":
+        return [CPU]
+    if CUDA not in available:
+        if provider == "cuda":
+            hint = check_onnxruntime_builds() or "install onnxruntime-gpu (and CUDA 12 libraries) or use --provider cpu"
+            raise DependencyError(f"the CUDA execution provider is not available in this onnxruntime build; {hint}")
+        return [CPU]
+    return [CUDA, CPU]
+
+
+def session_options(external_data_dir: Path | None = None, threads: int | None = None):
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if external_data_dir is not None:
+        # A model passed as bytes would otherwise resolve external data against the working directory.
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))
+    return so
+
+
+@dataclass
+class Session:
+    """An onnxruntime session and the provider it really runs on."""
+
+    session: Any
+    provider: str  # "cpu" or "cuda"
+    output_names: list[str]
+    input_name: str
+    keepalive: list[Any] = field(default_factory=list)
+
+    def run(self, batch: np.ndarray, device_outputs: set[str] | None = None) -> dict[str, Any]:
+        """Run one batch. Outputs in ``device_outputs`` stay on the GPU as CuPy arrays when on CUDA."""
+        try:
+            if self.provider == "cuda" and device_outputs:
+                return self._run_bound(batch, device_outputs)
+            values = self.session.run(self.output_names, {self.input_name: batch})
+        except Exception as exc:
+            raise ModelError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
+        return dict(zip(self.output_names, values))
+
+    def _run_bound(self, batch: np.ndarray, device_outputs: set[str]) -> dict[str, Any]:
+        from .xp import from_dlpack
+
+        io = self.session.io_binding()
+        io.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+        for name in self.output_names:
+            io.bind_output(name, "cuda" if name in device_outputs else "cpu")
+        self.session.run_with_iobinding(io)
+        values = io.get_outputs()
+        result: dict[str, Any] = {}
+        for name, value in zip(self.output_names, values):
+            if name in device_outputs:
+                result[name] = from_dlpack(value)
+            else:
+                result[name] = value.numpy()
+        return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:400] if text else type(exc).__name__
+
+
+def create_session(
+    model: onnx.ModelProto | str | os.PathLike,
+    provider: str = "auto",
+    *,
+    external_data_dir: Path | None = None,
+    output_names: list[str] | None = None,
+    input_name: str | None = None,
+    threads: int | None = None,
+) -> Session:
+    ort = _ort()
+    providers = resolve_provider(provider)
+    if isinstance(model, onnx.ModelProto):
+        source: Any = model.SerializeToString()
+    else:
+        source = str(model)
+    so = session_options(external_data_dir if isinstance(model, onnx.ModelProto) else None, threads)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sess = ort.InferenceSession(source, so, providers=providers)
+    except Exception as exc:
+        msg = _first_line(exc)
+        if "opset" in msg.lower() or "Opset" in msg:
+            raise ModelError(f"onnxruntime cannot load the model: {msg}; upgrade onnxruntime or export with a lower opset") from exc
+        raise ModelError(f"onnxruntime cannot load the model: {msg}") from exc
+    active = "cuda" if CUDA in sess.get_providers() else "cpu"
+    if provider == "cuda" and active != "cuda":
+        raise DependencyError("the CUDA execution provider was requested but onnxruntime fell back to the CPU; check the CUDA installation")
+    names = output_names or [o.name for o in sess.get_outputs()]
+    return Session(sess, active, names, input_name or sess.get_inputs()[0].name)
