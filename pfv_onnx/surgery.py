@@ -546,6 +546,19 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
     tensors = graph.tensors()
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     taps: list[TappedOutput] = []
+    static_hw = all(isinstance(d, int) for d in analysis.input.dims[1:])
+    batch = analysis.input.dims[0] if analysis.input.dims[0] is not None else "batch"
+
+    def out_shape(fm: FeatureMap, channel_sum: bool) -> list[int | str]:
+        """The output's shape: static where the input is, named symbols for dynamic dims."""
+        dims: list[int | str] = list(fm.shape)
+        dims[0] = batch  # type: ignore[assignment]
+        if channel_sum:
+            dims[fm.layout.channel_axis] = 1
+        if not static_hw:
+            for ax, tag in zip(fm.layout.spatial_axes, ("h", "w")):
+                dims[ax] = f"{tag}_{len(taps)}"
+        return dims
 
     def float_source(fm: FeatureMap) -> gs.Variable:
         src = tensors[fm.name]
@@ -562,7 +575,7 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
             cast = gs.Variable(f"pfv_onnx/{fm.name}/float", dtype=np.float32)
             graph.nodes.append(gs.Node("Cast", attrs={"to": TensorProto.FLOAT}, inputs=[src], outputs=[cast]))
             src = cast
-        out = gs.Variable(output_name(fm.name, True), dtype=np.float32)
+        out = gs.Variable(output_name(fm.name, True), dtype=np.float32, shape=out_shape(fm, True))
         axis = fm.layout.channel_axis
         if opset >= 13:
             axes = gs.Constant(f"pfv_onnx/{fm.name}/axes", np.array([axis], dtype=np.int64))
@@ -575,7 +588,7 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
     fm = analysis.decomposed
     src = float_source(fm)
     dtype = np.float32 if fm.name in analysis.quant_params else onnx.helper.tensor_dtype_to_np_dtype(TensorProto.DataType.Value(fm.dtype.upper()))
-    out = gs.Variable(output_name(fm.name, False), dtype=dtype)
+    out = gs.Variable(output_name(fm.name, False), dtype=dtype, shape=out_shape(fm, False))
     graph.nodes.append(gs.Node("Identity", inputs=[src], outputs=[out]))
     graph.outputs.append(out)
     taps.append(TappedOutput(fm.name, out.name, False))
