@@ -281,7 +281,8 @@ class PFV:
 
         batch, hw = self._prepare(batch)
         analysis, (sess, taps) = self._session_for(hw)
-        tap_names = {t.output for t in taps}
+        # On CUDA the maps stay on the GPU (CuPy) when CuPy can take them; else they come to the host.
+        tap_names = {t.output for t in taps} if sess.provider == "cuda" and self._cupy_ready() else set()
         fixed = self.fixed_batch
         step = fixed if fixed else batch.shape[0]
         runs = []
@@ -300,6 +301,13 @@ class PFV:
         weights = [self._to_nchw(by_source[fm.name], fm.layout) for fm in analysis.weighting]
         outputs = {name: to_host(values[name]) for name in self.output_names}
         return ForwardPass(decomposed=decomposed, weights=weights, outputs=outputs, input_hw=hw)
+
+    def _cupy_ready(self) -> bool:
+        if not hasattr(self, "_cupy_ok"):
+            from .xp import cuda_available
+
+            self._cupy_ok = cuda_available()
+        return self._cupy_ok
 
     @staticmethod
     def _to_nchw(a: Any, layout: Layout) -> Any:
