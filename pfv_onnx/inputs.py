@@ -210,8 +210,12 @@ def _jpeg_header(data: bytes) -> _Header:
     pos = 2
     n = len(data)
     while pos + 4 <= n:
-        if data[pos] != 0xFF:
-            raise BadImageError("corrupt JPEG (bad marker before the image data)")
+        if data[pos] != 0xFF:  # stray bytes between segments: libjpeg skips them, so do we
+            nxt = data.find(b"\xff", pos)
+            if nxt < 0:
+                break
+            pos = nxt
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -228,7 +232,7 @@ def _jpeg_header(data: bytes) -> _Header:
         if marker in (0xD9, 0xDA):  # end of image, or start of scan without a frame header
             break
         pos += 2 + length
-    raise BadImageError("corrupt or truncated JPEG (no frame header)")
+    return _Header("jpeg")  # no frame header found here: the decoder decides, the size is checked after
 
 
 def _bmp_header(data: bytes) -> _Header:

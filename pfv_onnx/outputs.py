@@ -7,6 +7,7 @@ missing file or a complete one. Equal inputs give byte-identical files.
 
 from __future__ import annotations
 
+import enum
 import io
 import json
 import os
@@ -62,7 +63,7 @@ def _jsonable(obj: Any) -> Any:
         return None  # JSON has no NaN or Infinity
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), str):  # enums
+    if isinstance(obj, enum.Enum):
         return obj.value
     return obj
 
@@ -96,6 +97,91 @@ def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
     """Write :func:`npz_bytes` atomically."""
     return atomic_write_bytes(path, npz_bytes(arrays))
+
+
+class RowSpool:
+    """Arrays that grow by rows (axis 0), spooled to temporary files, written as one ``.npz``.
+
+    Memory stays bounded by one group however many groups a run has: each
+    :meth:`append` writes its rows to a temporary file beside the target, and
+    :meth:`write` streams them into the archive, which is byte-identical to
+    :func:`write_npz` of the concatenated arrays.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.folder = Path(folder)
+        self._parts: dict[str, tuple[Any, np.dtype, tuple[int, ...], int]] = {}
+
+    def append(self, key: str, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows)
+        if rows.dtype == object:
+            raise TypeError(f"array {key!r} has dtype object")
+        if key not in self._parts:
+            f = tempfile.NamedTemporaryFile(prefix=_TEMP_PREFIX, suffix=".tmp", dir=self.folder, delete=False)
+            self._parts[key] = (f, rows.dtype, rows.shape[1:], 0)
+        f, dtype, tail, n = self._parts[key]
+        if rows.shape[1:] != tail or rows.dtype != dtype:
+            raise ValueError(f"rows for {key!r} have shape {rows.shape[1:]} {rows.dtype}, earlier ones {tail} {dtype}")
+        f.write(rows.tobytes())
+        self._parts[key] = (f, dtype, tail, n + rows.shape[0])
+
+    def keys(self) -> list[str]:
+        return list(self._parts)
+
+    def write(self, path: str | os.PathLike[str], extra: Mapping[str, np.ndarray] | None = None, order: Sequence[str] | None = None) -> Path:
+        """Write the spooled arrays (and ``extra`` small arrays) as one archive, atomically.
+
+        ``order`` lists the entry names in archive order (default: spooled, then extra).
+        """
+        extra = dict(extra or {})
+        names = list(order) if order is not None else [*self._parts, *extra]
+        target = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                for key in names:
+                    info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                    info.compress_type = zipfile.ZIP_DEFLATED
+                    info.external_attr = 0o644 << 16
+                    with zf.open(info, "w", force_zip64=True) as out:
+                        if key in extra:
+                            np.lib.format.write_array(out, np.asarray(extra[key]), allow_pickle=False)
+                            continue
+                        f, dtype, tail, n = self._parts[key]
+                        f.flush()
+                        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n, *tail)}
+                        np.lib.format.write_array_header_1_0(out, header) if _fits_v1(header) else np.lib.format.write_array_header_2_0(out, header)
+                        with open(f.name, "rb") as src:
+                            while True:
+                                block = src.read(1 << 22)
+                                if not block:
+                                    break
+                                out.write(block)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        return target
+
+    def close(self) -> None:
+        """Delete the temporary files (call when done, also after an error)."""
+        for f, *_ in self._parts.values():
+            try:
+                f.close()
+                os.unlink(f.name)
+            except OSError:
+                pass
+        self._parts.clear()
+
+
+def _fits_v1(header: dict[str, Any]) -> bool:
+    # numpy writes format 1.0 unless the header is too long for it, then 2.0
+    text = repr(header)
+    return len(text) + 12 < 65536
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")

@@ -375,14 +375,19 @@ class PFV:
                 raise InputError(f"feature map {name!r} contains NaN or Inf values; check the preprocessing and the model")
         n, _, h, w = E.shape
         X = pca.observations(E)
+        # A fitted basis (basis.FittedBasis) is checked against the model, and fixes the hierarchical peaks and colour scaling.
+        fixed = basis.scaling_for(self, analysis, hierarchical) if hasattr(basis, "scaling_for") else None
         if basis is None:
             basis, P = pca.fit(X, k)
         else:
             P = pca.project(X, basis)
         comps = pca.components(P, n, h, w)
-        weigh = weighting.hierarchical if hierarchical else weighting.flat
-        mapped = weigh(comps, weights, hw)
-        rgb = weighting.scale_colours(mapped, n_sigma).transpose(0, 2, 3, 1)
+        if hierarchical:
+            mapped = weighting.hierarchical(comps, weights, hw, peaks=fixed.peaks if fixed else None)
+        else:
+            mapped = weighting.flat(comps, weights, hw)
+        scale = {"mean": fixed.mean, "std": fixed.std} if fixed else {}
+        rgb = weighting.scale_colours(mapped, n_sigma, **scale).transpose(0, 2, 3, 1)
         outputs = {name: np.concatenate([p.outputs[name] for p in passes]) for name in passes[0].outputs}
         return PFVResult(
             rgb=np.ascontiguousarray(to_host(rgb), dtype=np.float32),

@@ -13,7 +13,7 @@ import numpy as np
 from .errors import InputError
 from .xp import array_module
 
-_CV_MAX_CHANNELS = 512  # cv2.resize handles at most this many channels at once
+_CV_MAX_CHANNELS = 128  # cv2.resize handles at most this many channels at once (OpenCV 5: 128, OpenCV 4: 512)
 
 
 def resize_bilinear(x: Any, size: tuple[int, int]) -> Any:
@@ -74,24 +74,27 @@ def flat(P: Any, weights: Sequence[Any], size: tuple[int, int]) -> Any:
     return up * A
 
 
-def hierarchical(P: Any, weights: Sequence[Any], size: tuple[int, int]) -> Any:
+def hierarchical(P: Any, weights: Sequence[Any], size: tuple[int, int], *, peaks: Sequence[float] | None = None) -> Any:
     """From the deepest weighting map to the earliest: P = upsample(P, to S_l) * S_l / max(S_l).
 
-    The max is over the whole batch tensor; a map whose max is not positive weights by zero.
+    The max is over the whole batch tensor, or ``peaks[l]`` when given (a fitted basis's maxima
+    over a data set); a map whose max is not positive weights by zero.
     """
     xp = array_module(P)
-    for S in reversed(list(weights)):
-        peak = float(S.max())
+    for i, S in reversed(list(enumerate(weights))):
+        peak = float(S.max()) if peaks is None else float(peaks[i])
         factor = S / peak if peak > 0 else xp.zeros_like(S)
         P = resize_bilinear(P, tuple(S.shape[2:])) * factor
     return resize_bilinear(P, size)
 
 
-def scale_colours(x: Any, n_sigma: float = 1.0) -> Any:
+def scale_colours(x: Any, n_sigma: float = 1.0, *, mean: float | None = None, std: float | None = None) -> Any:
     """Over the whole array at once: z-score, clip to [-n_sigma, n_sigma], min-max to [0, 1].
 
     One scaling for the whole batch keeps colours comparable between its images. A constant
-    array (zero variance) gives zeros.
+    array (zero variance) gives zeros. Given ``mean`` and ``std`` (a fitted basis's, over a
+    data set), they replace the batch's and [-n_sigma, n_sigma] maps to [0, 1] in place of
+    the batch's min and max, so no image's colours depend on the others.
 
     >>> import numpy as np
     >>> scale_colours(np.full((1, 3, 2, 2), 7.0, dtype=np.float32)).max()
@@ -100,11 +103,15 @@ def scale_colours(x: Any, n_sigma: float = 1.0) -> Any:
     xp = array_module(x)
     if n_sigma <= 0:
         raise InputError(f"n_sigma must be positive, got {n_sigma}")
-    mean = x.mean(dtype=xp.float64)
-    std = x.std(dtype=xp.float64)
+    fixed = mean is not None and std is not None
+    if not fixed:
+        mean = x.mean(dtype=xp.float64)
+        std = x.std(dtype=xp.float64)
     if not float(std) > 0:
         return xp.zeros_like(x, dtype=xp.float32)
     z = xp.clip((x - xp.float32(mean)) / xp.float32(std), -n_sigma, n_sigma)
+    if fixed:
+        return ((z + n_sigma) / (2 * n_sigma)).astype(xp.float32)
     lo, hi = float(z.min()), float(z.max())
     if hi <= lo:
         return xp.zeros_like(x, dtype=xp.float32)

@@ -1,0 +1,71 @@
+"""The ``pfv-onnx`` command line: ``main(argv) -> exit code``.
+
+Exit codes: 0 all done; 1 some inputs failed (the others done and reported); 2 usage
+or model error. A :class:`~pfv_onnx.errors.PfvError` is printed as one line; any other
+exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from . import _args
+
+COMMANDS = ("run", "fit", "inspect", "surgery", "demo", "sanity")
+"""Subcommands, in the order ``--help`` lists them; each is the module ``cmd_<name>``
+with a docstring (its help), ``add_arguments(parser)`` and ``run(args) -> int``."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pfv-onnx",
+        description="Principal Feature Visualisation (PFV) heatmaps for ONNX image classifiers.",
+        epilog="Run 'pfv-onnx COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument("--version", action="version", version=f"pfv-onnx {__version__}")
+    _args.add_debug(parser, top_level=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"{__name__}.cmd_{name}")
+        doc = (module.__doc__ or "").strip()
+        p = sub.add_parser(
+            name,
+            help=doc.splitlines()[0] if doc else None,
+            description=doc,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _args.add_debug(p)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    from ..errors import PfvError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(None if argv is None else list(argv))
+    except SystemExit as exc:  # --help, --version or a usage error
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        return int(args._run(args) or 0)
+    except PfvError as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"pfv-onnx {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pfv-onnx {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into a program that stopped reading
+        sys.stderr.close()
+        return 0

@@ -1,0 +1,380 @@
+"""Option groups shared by the commands: each adds its flags and builds its library object.
+
+Only the standard library is imported here at module level, so ``pfv-onnx --help``
+stays fast and loads neither onnxruntime nor cupy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..inputs import Preprocessing
+    from ..pipeline import PFV
+
+PRESET_NAMES = ("imagenet", "inception", "caffe", "raw")
+DEFAULT_SIZE = 224
+
+
+# --------------------------------------------------------------------------- value parsers
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
+
+
+def unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text}")
+    return value
+
+
+def size_hw(text: str) -> tuple[int, int]:
+    """``224`` -> (224, 224); ``240x320``, ``240,320`` -> (240, 320) as (H, W)."""
+    parts = [p for p in text.lower().replace(",", "x").split("x")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive numbers, got {text!r}")
+    return (values[0], values[1])
+
+
+def float_list(text: str) -> list[float]:
+    """``0.5`` or ``0.485,0.456,0.406`` (commas or spaces)."""
+    try:
+        values = [float(p) for p in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+# --------------------------------------------------------------------------- option groups
+
+
+def add_debug(parser: argparse.ArgumentParser, *, top_level: bool = False) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=False if top_level else argparse.SUPPRESS,
+        help="show the full traceback of an error",
+    )
+
+
+def add_model_options(parser: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    """MODEL and the choice of tensors: ``--layer``, ``--weight-layers``, ``--input-name``, ``--layout``."""
+    if positional:
+        parser.add_argument("model", metavar="MODEL", help="the ONNX model file")
+    g = parser.add_argument_group("model")
+    g.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="tensor to decompose (a name or glob pattern) instead of the automatic choice",
+    )
+    g.add_argument(
+        "--weight-layers",
+        metavar="NAMES",
+        action="append",
+        help="earlier tensors whose activations weight the upsampling: names or patterns, "
+        "comma-separated or repeated; 'none' for no weighting (default: automatic)",
+    )
+    g.add_argument("--input-name", metavar="NAME", help="the image input, when the model has several inputs")
+    g.add_argument(
+        "--layout",
+        type=str.upper,
+        choices=("NCHW", "NHWC"),
+        help="input layout, when the model's input shape leaves it ambiguous",
+    )
+
+
+def add_pfv_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("PFV")
+    g.add_argument("--k", type=positive_int, metavar="K", default=3, help="principal components (3 gives RGB; default 3)")
+    g.add_argument(
+        "--hierarchical",
+        action="store_true",
+        help="hierarchical activation weighting instead of the flat one",
+    )
+    g.add_argument(
+        "--n-sigma",
+        type=positive_float,
+        metavar="S",
+        default=1.0,
+        help="colour scaling clips at this many standard deviations (default 1)",
+    )
+
+
+def add_runtime_options(parser: argparse.ArgumentParser, *, batching: bool = True) -> None:
+    g = parser.add_argument_group("runtime")
+    g.add_argument(
+        "--provider",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="execution provider (default auto: CUDA when really available, else CPU)",
+    )
+    if batching:
+        g.add_argument(
+            "--batch-size",
+            type=positive_int,
+            metavar="N",
+            default=16,
+            help="images per forward pass (default 16)",
+        )
+        g.add_argument(
+            "--group-size",
+            type=positive_int,
+            metavar="N",
+            help="images per decomposition; colours are comparable only within one group "
+            "(default: all images form one group)",
+        )
+
+
+def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group(
+        "preprocessing",
+        "Defaults come from the model's metadata (preprocessing, color_order) when it has them, "
+        "else imagenet on RGB.",
+    )
+    g.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        help="imagenet: RGB in [0,1], ImageNet mean/std; inception: (x/255-0.5)/0.5; "
+        "caffe: BGR on 0-255 minus the Caffe means; raw: RGB in [0,1]",
+    )
+    g.add_argument(
+        "--mean",
+        type=float_list,
+        metavar="M[,M,M]",
+        help="per-channel mean, in the channel order fed to the model and the preset's pixel range",
+    )
+    g.add_argument("--std", type=float_list, metavar="S[,S,S]", help="per-channel standard deviation (as --mean)")
+    order = g.add_mutually_exclusive_group()
+    order.add_argument("--bgr", dest="color_order", action="store_const", const="BGR", help="feed B, G, R channels")
+    order.add_argument("--rgb", dest="color_order", action="store_const", const="RGB", help="feed R, G, B channels")
+    g.add_argument(
+        "--pixel-range",
+        type=lambda t: float(t) if t in ("1", "255") else t,
+        choices=(1.0, 255.0),
+        metavar="{1,255}",
+        help="pixels scaled to [0, 1] (1) or kept on 0-255 (255) before --mean/--std (default: the preset's)",
+    )
+    g.add_argument(
+        "--size",
+        type=size_hw,
+        metavar="N|HxW",
+        help=f"model input size (default: the model's static size, else {DEFAULT_SIZE})",
+    )
+    g.add_argument(
+        "--resize",
+        choices=("stretch", "crop"),
+        default="stretch",
+        help="stretch: the whole image, aspect changed (default); crop: shorter side fitted, centre cropped",
+    )
+
+
+def add_input_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="+",
+        help="image files, folders (searched recursively) or glob patterns (quote them)",
+    )
+    from_inputs_default = 100_000_000
+    parser.add_argument_group("inputs").add_argument(
+        "--max-pixels",
+        metavar="N",
+        type=positive_int,
+        default=from_inputs_default,
+        help=f"refuse images with more pixels (default {from_inputs_default:,})",
+    )
+
+
+def add_output_options(parser: argparse.ArgumentParser, *, default_outdir: str | None = None) -> None:
+    g = parser.add_argument_group("output")
+    if default_outdir is None:
+        g.add_argument("-o", "--outdir", required=True, metavar="OUTDIR", help="folder for the results")
+    else:
+        g.add_argument("-o", "--outdir", default=default_outdir, metavar="OUTDIR", help=f"folder for the results (default {default_outdir})")
+    g.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="class names, one per line (default: the labels in the model's metadata, if any)",
+    )
+    g.add_argument("--alpha", type=unit_float, metavar="A", default=0.5, help="opacity of the map in overlays (default 0.5)")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def weight_layers(values: list[str] | None) -> list[str] | None:
+    """``--weight-layers`` as the engine wants it: None (automatic), [] (none) or names."""
+    if values is None:
+        return None
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    if any(n.lower() == "none" for n in names):
+        if len(names) > 1:
+            raise _usage("--weight-layers 'none' cannot be combined with names")
+        return []
+    return names
+
+
+def _usage(message: str) -> Exception:
+    from ..errors import InputError
+
+    return InputError(message)
+
+
+def check_model_path(path: str) -> Path:
+    from ..errors import ModelError
+
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file not found: {path}")
+    if p.is_dir():
+        raise ModelError(f"the model must be an .onnx file, not a folder: {path}")
+    return p
+
+
+def build_pfv(args: argparse.Namespace, model: str | os.PathLike[str] | None = None) -> PFV:
+    """The engine object for ``args`` (model, tensors, PFV options, provider)."""
+    from ..pipeline import PFV
+    from ..runtime_check import check_onnxruntime_install
+
+    path = check_model_path(os.fspath(model if model is not None else args.model))
+    check_onnxruntime_install()
+    kwargs: dict[str, Any] = {
+        "provider": getattr(args, "provider", "auto"),
+        "layer": getattr(args, "layer", None),
+        "weight_layers": weight_layers(getattr(args, "weight_layers", None)),
+        "input_name": getattr(args, "input_name", None),
+        "layout": getattr(args, "layout", None),
+    }
+    if hasattr(args, "k"):
+        kwargs.update(k=args.k, hierarchical=args.hierarchical, n_sigma=args.n_sigma)
+    return PFV(str(path), **kwargs)
+
+
+def model_size(pfv: PFV, requested: tuple[int, int] | None) -> tuple[int, int]:
+    """``--size``, else the model's static (H, W); a dynamic side comes from the metadata key
+    ``input_size`` (``"HxW"``) when present, else 224."""
+    size = getattr(pfv, "input_size", None) or (None, None)
+    h, w = (list(size) + [None, None])[:2]
+    if requested is not None:
+        for got, want, what in ((requested[0], h, "height"), (requested[1], w, "width")):
+            if want and got != want:
+                fixed = f"{h or 'any'}x{w or 'any'}"
+                raise _usage(
+                    f"--size {requested[0]}x{requested[1]} does not fit: the model takes a fixed {what} of "
+                    f"{want} (input size {fixed}); leave --size out"
+                )
+        return requested
+    if not (h and w):  # a dynamic side: the size the model's metadata suggests, else 224
+        meta = dict(getattr(pfv, "metadata", None) or {})
+        try:
+            mh, mw = size_hw(str(meta.get("input_size", "")))
+        except argparse.ArgumentTypeError:
+            mh = mw = DEFAULT_SIZE
+        h, w = h or mh, w or mw
+    return (int(h), int(w))
+
+
+def build_preprocessing(args: argparse.Namespace, pfv: PFV) -> tuple[Preprocessing, list[str]]:
+    """Preprocessing from the options, falling back on the model's metadata, then imagenet/RGB.
+
+    Returns the recipe and notes on where each choice came from.
+    """
+    from ..errors import InputError
+    from ..inputs import PRESETS, make_preprocessing
+
+    meta = dict(getattr(pfv, "metadata", None) or {})
+    notes: list[str] = []
+    preset = args.preset
+    if preset is None:
+        meta_preset = str(meta.get("preprocessing", "")).strip().lower()
+        if meta_preset in PRESETS:
+            preset = meta_preset
+            notes.append(f"preset {preset} from the model's metadata")
+        else:
+            if meta_preset:
+                notes.append(f"unknown preprocessing {meta_preset!r} in the model's metadata ignored")
+            preset = "imagenet"
+            notes.append("preset imagenet (default)")
+    color_order = args.color_order
+    if color_order is None:
+        meta_order = str(meta.get("color_order", "")).strip().upper()
+        if meta_order in ("RGB", "BGR") and args.preset is None:
+            color_order = meta_order
+            notes.append(f"colour order {meta_order} from the model's metadata")
+    channels = getattr(pfv, "input_channels", None) or 3
+    if channels not in (1, 3):
+        raise InputError(f"the model's image input has {channels} channels; pfv-onnx feeds 1 (gray) or 3 (colour)")
+    layout = getattr(pfv, "input_layout", None) or "NCHW"
+    prep = make_preprocessing(
+        preset,
+        mean=args.mean,
+        std=args.std,
+        color_order=color_order,
+        pixel_range=args.pixel_range,
+        size=model_size(pfv, args.size),
+        resize=args.resize,
+        layout=str(getattr(layout, "value", layout)),
+        channels=channels,
+    )
+    return prep, notes
+
+
+def read_labels(path: str | None, pfv: PFV | None = None) -> tuple[list[str] | None, str | None]:
+    """Class names from ``--labels FILE``, else from the model's metadata: ``(labels, source)``."""
+    from ..errors import InputError
+
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except OSError as exc:
+            raise InputError(f"cannot read the labels file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"the labels file {path} is not UTF-8 text") from None
+        lines = [ln.strip() for ln in text.splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        if not lines:
+            raise InputError(f"the labels file {path} is empty")
+        return lines, path
+    meta = dict(getattr(pfv, "metadata", None) or {})
+    text = meta.get("labels")
+    if text:
+        lines = [ln.strip() for ln in str(text).splitlines()]
+        while lines and not lines[-1]:
+            lines.pop()
+        if lines:
+            return lines, "model metadata"
+    return None, None

@@ -1,0 +1,51 @@
+"""Run PFV with the bundled model (EfficientNet-Lite0) on the bundled images and say where the pictures are."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import _args
+
+DEFAULT_OUTDIR = "pfv-demo"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--outdir", default=DEFAULT_OUTDIR, metavar="OUTDIR", help=f"folder for the results (default {DEFAULT_OUTDIR})")
+    parser.add_argument("--model", metavar="NAME", help="another bundled model by name (default: the default model)")
+    _args.add_runtime_options(parser, batching=False)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..errors import DependencyError
+    from . import cmd_run
+
+    try:
+        import pfv_onnx_models as bundled
+    except ImportError:
+        raise DependencyError(
+            "the bundled models (package pfv_onnx_models) are not installed; reinstall pfv-onnx with pip"
+        ) from None
+    from ..errors import InputError
+
+    try:
+        model = bundled.model_path(args.model) if args.model else bundled.model_path()
+    except KeyError:
+        raise InputError(f"unknown bundled model {args.model!r}; choose one of {', '.join(sorted(bundled.MODELS))}") from None
+    except FileNotFoundError as exc:
+        raise DependencyError(f"{exc}; reinstall pfv-onnx") from None
+    images = [str(p) for p in bundled.demo_images()]
+    if not images:
+        raise DependencyError("the bundled demo images are missing; reinstall pfv-onnx")
+    parser = argparse.ArgumentParser(prog="pfv-onnx demo")
+    cmd_run.add_arguments(parser)
+    run_args = parser.parse_args([str(model), *images, "-o", args.outdir, "--provider", args.provider])
+    run_args.quiet = args.quiet
+    code = cmd_run.execute(run_args, title="pfv-onnx demo")
+    outdir = Path(args.outdir)
+    print(f"mosaic:    {outdir / cmd_run.MOSAIC}")
+    print(f"maps:      {outdir}{'/' if not str(outdir).endswith('/') else ''}*.pfv.png, *.overlay.png")
+    print(f"report:    {outdir / cmd_run.REPORT}")
+    return code

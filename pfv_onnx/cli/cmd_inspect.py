@@ -1,0 +1,132 @@
+"""Show the candidate feature maps of a model and the automatic choice, with the reason.
+
+Lists every spatial tensor (in graph order) with its op, shape, layout and stride, marks
+the decomposed map (E_L) and the weighting maps, and explains how they were chosen.
+--layer and --weight-layers show what a run with those options would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from . import _args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _args.add_model_options(parser)
+    parser.add_argument("--size", type=_args.size_hw, metavar="N|HxW", help="analyse at this input size (default: the model's)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def _value(x: Any) -> Any:
+    return getattr(x, "value", x)
+
+
+def _ratio(a: int, b: int) -> int | float:
+    r = a / b
+    return int(r) if r.is_integer() else round(r, 3)
+
+
+def _record(m: Any, size: tuple[int, int] | None) -> dict[str, Any]:
+    h, w = m.hw
+    stride = None
+    if size and h and w:
+        sh, sw = (_ratio(size[0], h), _ratio(size[1], w))
+        stride = sh if sh == sw else f"{sh}x{sw}"
+    return {
+        "name": m.name,
+        "op": m.op,
+        "shape": list(m.shape),
+        "layout": _value(m.layout),
+        "dtype": m.dtype,
+        "stride": stride,
+        "role": _value(m.role),
+        "reason": m.reason,
+    }
+
+
+def report_dict(rep: Any, model: str) -> dict[str, Any]:
+    size = tuple(rep.size) if rep.size else None
+    return {
+        "model": model,
+        "input_name": rep.input_name,
+        "input_layout": _value(rep.input_layout),
+        "input_shape": list(rep.input_shape),
+        "size": list(size) if size else None,
+        "decomposed": rep.decomposed.name if rep.decomposed is not None else None,
+        "weighting": [m.name for m in rep.weighting],
+        "candidates": [_record(m, size) for m in rep.candidates],
+        "notes": list(rep.notes),
+    }
+
+
+def format_table(d: dict[str, Any]) -> str:
+    rows = [("#", "name", "op", "shape", "layout", "stride", "role")]
+    for i, c in enumerate(d["candidates"]):
+        role = {"decomposed": "DECOMPOSED", "weighting": "weighting"}.get(c["role"], "")
+        rows.append((str(i), c["name"], c["op"] or "", "x".join(str(s) for s in c["shape"]), c["layout"] or "",
+                     "" if c["stride"] is None else str(c["stride"]), role))  # fmt: skip
+    widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
+    widths[1] = min(widths[1], 60)
+    lines = [
+        f"model:  {d['model']}",
+        f"input:  {d['input_name']}  shape {d['input_shape']}  layout {d['input_layout']}"
+        + (f"  analysed at {d['size'][0]}x{d['size'][1]}" if d["size"] else ""),
+        "",
+    ]
+    for r in rows:
+        name = r[1] if len(r[1]) <= widths[1] else "..." + r[1][-(widths[1] - 3) :]
+        cells = (r[0].rjust(widths[0]), name.ljust(widths[1]), *(c.ljust(wd) for c, wd in zip(r[2:], widths[2:])))
+        lines.append("  ".join(cells).rstrip())
+    chosen = [c for c in d["candidates"] if c["role"] in ("decomposed", "weighting") and c["reason"]]
+    if chosen:
+        lines += ["", "why:"]
+        lines += [f"  {c['name']}: {c['reason']}" for c in chosen]
+    if d["notes"]:
+        lines += ["", "notes:"]
+        lines += [f"  {n}" for n in d["notes"]]
+    lines += ["", f"decomposed: {d['decomposed']}", f"weighting:  {', '.join(d['weighting']) or '(none)'}"]
+    return "\n".join(lines)
+
+
+def _metadata_size(path: Any) -> tuple[int, int] | None:
+    """The ``input_size`` metadata entry ("HxW") for a model with a dynamic input size, as ``run`` uses it."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # unreadable: let inspect() give the error
+        return None
+    meta = {p.key: p.value for p in model.metadata_props}
+    if "input_size" not in meta:
+        return None
+    dims = model.graph.input[0].type.tensor_type.shape.dim if len(model.graph.input) == 1 else []
+    if len(dims) == 4 and all(d.HasField("dim_value") for d in dims):
+        return None  # static: the model's own size
+    try:
+        return _args.size_hw(meta["input_size"])
+    except argparse.ArgumentTypeError:
+        return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import inspect
+    from ..runtime_check import check_onnxruntime_install
+
+    path = _args.check_model_path(args.model)
+    check_onnxruntime_install()
+    rep = inspect(
+        str(path),
+        size=args.size or _metadata_size(path),
+        layer=args.layer,
+        weight_layers=_args.weight_layers(args.weight_layers),
+        input_name=args.input_name,
+        layout=args.layout,
+    )
+    d = report_dict(rep, str(path))
+    text = json.dumps(d, indent=2) if args.json else format_table(d)
+    sys.stdout.write(text + "\n")
+    return 0

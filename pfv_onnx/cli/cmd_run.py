@@ -1,0 +1,506 @@
+"""Explain images with PFV: an RGB map per image, overlays, a mosaic, pfv.npz and report.json.
+
+Colours are comparable only within one group (one decomposition): by default all
+images form one group; --group-size splits large sets. A file that cannot be read is
+reported with its reason and the run goes on (exit code 1 when any failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import _args
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..inputs import DecodedImage, Preprocessing
+    from ..pipeline import PFV
+
+MOSAIC_MAX = 64  # images shown in mosaic.png
+MOSAIC_TILE = 160
+CACHE_BYTES = 512 << 20  # decoded originals kept per group for rendering; the rest are decoded again
+REPORT = "report.json"
+NPZ = "pfv.npz"
+MOSAIC = "mosaic.png"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    _args.add_model_options(parser)
+    _args.add_input_options(parser)
+    _args.add_output_options(parser)
+    _args.add_pfv_options(parser)
+    _args.add_preprocessing_options(parser)
+    _args.add_runtime_options(parser)
+    parser.add_argument("--basis", metavar="BASIS.npz", help="project onto a basis from 'pfv-onnx fit': the same colours in every group and run")
+
+
+def run(args: argparse.Namespace) -> int:
+    return execute(args)
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+@dataclass
+class _Loaded:
+    index: int
+    path: Path
+    image: DecodedImage | None = None
+    tensor: np.ndarray | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    hw: tuple[int, int] = (0, 0)
+    notes: list[str] = field(default_factory=list)
+
+
+def _load(index: int, path: Path, prep: Preprocessing, max_pixels: int) -> _Loaded:
+    from ..errors import PfvError
+    from ..inputs import decode_image, preprocess
+
+    t0 = time.perf_counter()
+    try:
+        img = decode_image(path, max_pixels=max_pixels)
+        tensor = preprocess(img.bgr, prep)
+        return _Loaded(index, path, img, tensor, seconds=time.perf_counter() - t0, hw=(img.height, img.width), notes=list(img.notes))
+    except PfvError as exc:
+        return _Loaded(index, path, error=_one_line(str(exc)), seconds=time.perf_counter() - t0)
+    except MemoryError:
+        return _Loaded(index, path, error="out of memory while reading the image", seconds=time.perf_counter() - t0)
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's own warnings (a truncated file, ...) would break up the progress bar; each bad
+    file is reported with its reason instead."""
+    import cv2
+
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # a build without the logging module
+        pass
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "unknown error"
+
+
+def _prefetch(pool: Any, files: Sequence[Path], prep: Preprocessing, max_pixels: int, window: int) -> Iterator[_Loaded]:
+    """Decode in the pool, ``window`` files ahead, and yield the results in input order."""
+    from collections import deque
+
+    pending: deque[Any] = deque()
+    nxt = 0
+    while nxt < len(files) or pending:
+        while nxt < len(files) and len(pending) < window:
+            pending.append(pool.submit(_load, nxt, files[nxt], prep, max_pixels))
+            nxt += 1
+        yield pending.popleft().result()
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    import numpy as np
+
+    z = x - x.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def predictions(outputs: dict[str, np.ndarray], n: int, labels: Sequence[str] | None, order: Sequence[str] | None = None) -> tuple[list[dict[str, Any] | None], str | None]:
+    """Top classes per image from the first output shaped (n, classes).
+
+    Scores are the output itself when its rows already are probabilities (non-negative,
+    summing to 1), else its softmax. Returns the per-image records (None when no output
+    looks like class scores) and the output's name.
+    """
+    import numpy as np
+
+    names = list(order) if order else list(outputs)
+    for name in names:
+        arr = outputs.get(name)
+        if arr is None:
+            continue
+        a = np.asarray(arr)
+        if a.ndim < 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.floating):
+            continue
+        a = a.reshape(n, -1) if all(s == 1 for s in a.shape[2:]) else None
+        if a is None or a.shape[1] < 2:
+            continue
+        a = a.astype(np.float64)
+        if not np.isfinite(a).all():
+            return [None] * n, name
+        sums = a.sum(axis=1)
+        probs = a if (a.min() >= 0 and np.allclose(sums, 1.0, atol=1e-3)) else _softmax(a)
+        records: list[dict[str, Any] | None] = []
+        for row in probs:
+            top = np.argsort(-row, kind="stable")[:5]
+            entries = [
+                {"class": int(c), "label": _label(labels, int(c), probs.shape[1]), "score": round(float(row[c]), 6)}
+                for c in top
+            ]
+            records.append({**entries[0], "top5": entries})
+        return records, name
+    return [None] * n, None
+
+
+def _label(labels: Sequence[str] | None, c: int, classes: int) -> str | None:
+    if not labels:
+        return None
+    if len(labels) == classes:
+        return labels[c]
+    if len(labels) == classes - 1:  # a leading "background" class (TF-slim style, 1001 outputs)
+        return "background" if c == 0 else labels[c - 1]
+    return None
+
+
+def _caption(pred: dict[str, Any] | None, name: str, group: int | None) -> str:
+    if pred is None:
+        text = name
+    elif pred.get("label"):
+        text = str(pred["label"]).split(",")[0]
+    else:
+        text = f"class {pred['class']}"
+    return f"g{group}: {text}" if group is not None else text
+
+
+@dataclass
+class _ImageRecord:
+    file: str
+    name: str
+    group: int
+    row: int
+    size: tuple[int, int]
+    crop_box: tuple[int, int, int, int]
+    notes: list[str]
+    prediction: dict[str, Any] | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "name": self.name,
+            "group": self.group,
+            "row": self.row,
+            "size": list(self.size),
+            "crop_box": list(self.crop_box),
+            "notes": self.notes,
+            "prediction": self.prediction,
+            "outputs": self.outputs,
+        }
+
+
+def _render_one(
+    outdir: Path,
+    name: str,
+    rgb: np.ndarray,
+    image: DecodedImage | None,
+    path: Path,
+    prep: Preprocessing,
+    alpha: float,
+    max_pixels: int,
+    want_tiles: bool,
+) -> tuple[dict[str, str], tuple[np.ndarray, np.ndarray] | None]:
+    from .. import render
+    from ..inputs import crop_box, decode_image
+    from ..outputs import atomic_write_bytes
+
+    if image is None:  # not kept in memory: decode again
+        image = decode_image(path, max_pixels=max_pixels)
+    h, w = image.bgr.shape[:2]
+    box = crop_box(w, h, prep)
+    pic = render.map_picture(rgb, (h, w), box)
+    over = render.overlay(image.bgr, pic, alpha, box)
+    files = {"map": f"{name}.pfv.png", "overlay": f"{name}.overlay.png"}
+    atomic_write_bytes(outdir / files["map"], render.encode_png(pic))
+    atomic_write_bytes(outdir / files["overlay"], render.encode_png(over))
+    tiles = None
+    if want_tiles:
+        x0, y0, x1, y1 = box
+        tiles = (
+            render.letterbox(image.bgr[y0:y1, x0:x1], MOSAIC_TILE),
+            render.letterbox(pic[y0:y1, x0:x1], MOSAIC_TILE),
+        )
+    return files, tiles
+
+
+def _forward(pfv: PFV, tensors: list[np.ndarray], layout: str) -> Any:
+    """One forward pass over a chunk (the engine splits it for a fixed-batch model)."""
+    from ..inputs import stack_batch
+
+    return pfv.forward(stack_batch(tensors, layout))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
+    """Run PFV over ``args.inputs`` and write everything into ``args.outdir``; returns the exit code."""
+    import concurrent.futures as cf
+
+    import numpy as np
+
+    from .. import __version__
+    from ..basis import load_for_run
+    from ..errors import InputError
+    from ..inputs import collect_images, crop_box
+    from ..outputs import RowSpool, atomic_write_bytes, clean_stale_temp_files, unique_names, write_json
+    from ..render import encode_png, mosaic
+
+    _quiet_opencv()
+    t_start = time.perf_counter()
+    timings = {"decode_s": 0.0, "forward_s": 0.0, "decompose_s": 0.0, "render_s": 0.0}
+    found = collect_images(args.inputs)
+    failures: list[dict[str, str]] = [{"file": f, "reason": r} for f, r in found.missing]
+    skipped = [{"file": f, "reason": r} for f, r in found.skipped]
+    files = found.files
+    if not files:
+        what = "; ".join(f"{x['file']}: {x['reason']}" for x in failures[:3]) or "nothing given"
+        raise InputError(f"no image files found ({what})")
+
+    pfv = _args.build_pfv(args)
+    prep, prep_notes = _args.build_preprocessing(args, pfv)
+    fitted, basis_notes = load_for_run(getattr(args, "basis", None), pfv, prep.to_dict(), args.k)
+    labels, labels_source = _args.read_labels(args.labels, pfv)
+    chunk = args.batch_size
+    group_size = args.group_size or len(files)
+    names = unique_names(files)
+
+    outdir = Path(args.outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {outdir}: {exc.strerror or exc}") from None
+    clean_stale_temp_files(outdir)
+
+    report: dict[str, Any] = {
+        "pfv_onnx_version": __version__,
+        "command": title,
+        "status": "running",
+        "model": {
+            "path": str(Path(args.model).resolve()),
+            "sha256": getattr(pfv, "model_sha256", None),
+            "input_name": getattr(pfv, "input_name", None),
+            "input_layout": str(getattr(getattr(pfv, "input_layout", None), "value", getattr(pfv, "input_layout", None))),
+            "input_size": list(getattr(pfv, "input_size", None) or []),
+            "fixed_batch": getattr(pfv, "fixed_batch", None),
+            "provider": getattr(pfv, "provider", None),
+            "output_names": list(getattr(pfv, "output_names", None) or []),
+            "labels": {"source": labels_source, "count": len(labels) if labels else 0},
+        },
+        "feature_maps": [],
+        "pfv": {
+            "k": args.k,
+            "hierarchical": bool(args.hierarchical),
+            "n_sigma": args.n_sigma,
+            "layer": args.layer,
+            "weight_layers": _args.weight_layers(args.weight_layers),
+            "batch_size": chunk,
+            "group_size": args.group_size,
+            "basis": getattr(args, "basis", None),
+            "groups": 0,
+        },
+        "preprocessing": {**prep.to_dict(), "notes": prep_notes, "max_pixels": args.max_pixels},
+        "groups": [],
+        "images": [],
+        "failures": failures,
+        "skipped": skipped,
+        "outputs": {"report": REPORT},
+        "timings": timings,
+        "notes": list(basis_notes),
+    }
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=args.quiet, desc="pfv", dynamic_ncols=True)
+    workers = max(1, min(4, os.cpu_count() or 1))
+    spool = RowSpool(outdir)  # rgb, components and model outputs of finished groups, on disk
+    pred_classes: int | None = None
+    group_rows: list[int] = []
+    file_rows: list[str] = []
+    eigen_rows: list[np.ndarray] = []
+    evr_rows: list[np.ndarray] = []
+    tiles: list[tuple[np.ndarray, np.ndarray, dict[str, Any] | None, str, int]] = []
+    feature_maps: list[str] | None = None
+    row = 0
+    pred_output: str | None = None
+
+    with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pfv-io") as pool:
+        loader = _prefetch(pool, files, prep, args.max_pixels, window=max(2 * chunk, 2 * workers))
+        try:
+            g = -1
+            exhausted = False
+            while not exhausted:
+                ok: list[_Loaded] = []
+                passes = []
+                pending: list[_Loaded] = []
+                cached = 0
+                while len(ok) < group_size:  # a group is the next group_size images that decode
+                    item = next(loader, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    timings["decode_s"] += item.seconds
+                    if item.error is not None:
+                        failures.append({"file": str(item.path), "reason": item.error})
+                        bar.update(1)
+                        continue
+                    assert item.image is not None
+                    cached += item.image.bgr.nbytes
+                    if cached > CACHE_BYTES:
+                        item.image = None  # decoded again when rendering
+                    ok.append(item)
+                    pending.append(item)
+                    if len(pending) == chunk or len(ok) == group_size:
+                        t0 = time.perf_counter()
+                        passes.append(_forward(pfv, [p.tensor for p in pending], prep.layout))
+                        timings["forward_s"] += time.perf_counter() - t0
+                        for p in pending:
+                            p.tensor = None
+                        bar.update(len(pending))
+                        pending = []
+                if pending:
+                    t0 = time.perf_counter()
+                    passes.append(_forward(pfv, [p.tensor for p in pending], prep.layout))
+                    timings["forward_s"] += time.perf_counter() - t0
+                    bar.update(len(pending))
+                    pending = []
+                if not ok:
+                    break
+                g += 1
+
+                t0 = time.perf_counter()
+                res = pfv.decompose(passes, basis=fitted)
+                timings["decompose_s"] += time.perf_counter() - t0
+                del passes
+                if feature_maps is None:
+                    feature_maps = list(res.feature_maps)
+                    report["feature_maps"] = [_map_record(m) for m in (res.maps or [])] or [{"name": n} for n in feature_maps]
+                preds, pred_output = predictions(res.outputs, len(ok), labels, getattr(pfv, "output_names", None))
+
+                t0 = time.perf_counter()
+                bar.set_postfix_str(f"writing group {g + 1}")
+                futures = []
+                for j, item in enumerate(ok):
+                    want = len(tiles) + j < MOSAIC_MAX
+                    futures.append(
+                        pool.submit(
+                            _render_one, outdir, names[item.index], np.asarray(res.rgb[j]), item.image,
+                            item.path, prep, args.alpha, args.max_pixels, want,
+                        )
+                    )  # fmt: skip
+                group_images = []
+                for j, (item, fut) in enumerate(zip(ok, futures)):
+                    try:
+                        written, tile = fut.result()
+                    except InputError as exc:  # the file changed or vanished since it was read
+                        failures.append({"file": str(item.path), "reason": _one_line(str(exc))})
+                        continue
+                    img_h, img_w = item.hw
+                    rec = _ImageRecord(
+                        file=str(item.path),
+                        name=names[item.index],
+                        group=g,
+                        row=row + j,
+                        size=(img_h, img_w),
+                        crop_box=crop_box(img_w, img_h, prep),
+                        notes=item.notes,
+                        prediction=preds[j],
+                        outputs=written,
+                    )
+                    group_images.append(rec.to_dict())
+                    if tile is not None and len(tiles) < MOSAIC_MAX:
+                        tiles.append((tile[0], tile[1], preds[j], rec.name, g))
+                    item.image = None
+                timings["render_s"] += time.perf_counter() - t0
+                bar.set_postfix_str("")
+
+                spool.append("rgb", np.asarray(res.rgb, dtype=np.float32))
+                spool.append("components", np.asarray(res.components, dtype=np.float32))
+                for key, val in res.outputs.items():
+                    spool.append(f"output/{key}", np.asarray(val))
+                if pred_output is not None and pred_classes is None:
+                    pred_classes = int(np.prod(np.shape(res.outputs[pred_output])[1:]))
+                group_rows.extend([g] * len(ok))
+                file_rows.extend(str(it.path) for it in ok)
+                eigen_rows.append(np.asarray(res.eigenvalues, dtype=np.float64))
+                evr_rows.append(np.asarray(res.explained_variance_ratio, dtype=np.float64))
+                row += len(ok)
+                report["images"].extend(group_images)
+                report["groups"].append(
+                    {
+                        "index": g,
+                        "images": len(ok),
+                        "eigenvalues": res.eigenvalues,
+                        "explained_variance_ratio": res.explained_variance_ratio,
+                    }
+                )
+                timings["total_s"] = time.perf_counter() - t_start
+                write_json(outdir / REPORT, report)  # progress so far, replaced at the end
+        except BaseException:
+            spool.close()
+            raise
+        finally:
+            bar.close()
+            loader.close()
+
+    try:
+        if row:
+            small = {
+                "eigenvalues": np.stack(eigen_rows),
+                "explained_variance_ratio": np.stack(evr_rows),
+                "feature_maps": np.asarray(feature_maps or [], dtype=str),
+                "files": np.asarray(file_rows, dtype=str),
+                "group": np.asarray(group_rows, dtype=np.int32),
+            }
+            outputs_keys = [k for k in spool.keys() if k.startswith("output/")]
+            order = ["rgb", "components", *small, *outputs_keys]
+            spool.write(outdir / NPZ, small, order)
+            report["outputs"]["npz"] = NPZ
+    finally:
+        spool.close()
+    if tiles:
+        several = len(report["groups"]) > 1
+        captions = [_caption(t[2], t[3], t[4] if several else None) for t in tiles]
+        pic = mosaic([t[0] for t in tiles], [t[1] for t in tiles], captions, tile=MOSAIC_TILE)
+        atomic_write_bytes(outdir / MOSAIC, encode_png(pic))
+        report["outputs"]["mosaic"] = MOSAIC
+        report["outputs"]["mosaic_images"] = len(tiles)
+        if row > len(tiles):
+            report["notes"].append(f"mosaic.png shows the first {len(tiles)} of {row} images")
+    if pred_output is not None:
+        report["outputs"]["prediction_from"] = pred_output
+    if labels and pred_classes is not None and len(labels) not in (pred_classes, pred_classes - 1):
+        report["notes"].append(f"{len(labels)} labels for {pred_classes} classes: labels not used")
+    report["pfv"]["groups"] = len(report["groups"])
+    report["status"] = "complete"
+    timings["total_s"] = time.perf_counter() - t_start
+    write_json(outdir / REPORT, report)
+
+    if not args.quiet:
+        done = row
+        ng = len(report["groups"])
+        print(
+            f"{done} image{'s' if done != 1 else ''} explained in {ng} group{'s' if ng != 1 else ''}, "
+            f"{len(failures)} failed; results in {outdir}{os.sep}",
+            file=sys.stderr,
+        )
+        for f in failures:
+            print(f"  failed: {f['file']}: {f['reason']}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _map_record(m: Any) -> dict[str, Any]:
+    return {
+        "name": m.name,
+        "op": getattr(m, "op", None),
+        "shape": list(getattr(m, "shape", []) or []),
+        "layout": str(getattr(getattr(m, "layout", None), "value", getattr(m, "layout", None))),
+        "role": str(getattr(getattr(m, "role", None), "value", getattr(m, "role", None))),
+        "reason": getattr(m, "reason", ""),
+    }

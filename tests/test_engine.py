@@ -1,0 +1,686 @@
+"""The engine end to end on the test graphs, against the NumPy reference.
+
+Every expected number comes from activations read with plain onnxruntime (graphs.fetch)
+and the reference implementation (reference.py); every expected choice of feature maps
+is written by hand in graphs.py. Nothing expected is computed by the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import graphs
+import reference as ref
+from pfv_onnx import PFV, FeatureMap, Layout, PfvError, inspect
+from pfv_onnx.feature_maps import Role
+
+CASES = list(graphs.CASE_FACTORIES)
+ERROR_CASES = list(graphs.ERROR_FACTORIES)
+HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+_engines: dict[tuple, PFV] = {}
+
+
+@pytest.fixture
+def engine(save_model):
+    """engine(case, **options) -> PFV on the case's model file (cached per case and options)."""
+
+    def _make(case: graphs.GraphCase, cache: bool = True, **kw) -> PFV:
+        key = (case.name, tuple(sorted((k, repr(v)) for k, v in kw.items())))
+        if cache and key in _engines:
+            return _engines[key]
+        pfv = PFV(save_model(case.model, case.name), provider="cpu", **kw)
+        if cache:
+            _engines[key] = pfv
+        return pfv
+
+    return _make
+
+
+def same_tensor(got: str, expected: str, case: graphs.GraphCase) -> bool:
+    """The engine reports the tensor itself; for a quantized map it may report the name of
+    the DequantizeLinear it appended, which must still carry the tensor's name."""
+    if got == expected:
+        return True
+    return bool(case.dequant) and expected in case.dequant and (got.endswith(expected) or got.startswith(expected))
+
+
+def assert_names(got: list[str], expected: list[str], case: graphs.GraphCase):
+    assert len(got) == len(expected) and all(same_tensor(g, e, case) for g, e in zip(got, expected)), (
+        f"{case.name}: engine chose {got}, expected {expected}")
+
+
+def hw(case: graphs.GraphCase, batch: np.ndarray) -> tuple[int, int]:
+    return graphs.hw_of(batch.shape, case.layout)
+
+
+def reference_for(case, batch, res=None, names=None, **kw) -> ref.Reference:
+    """The reference on activations read with plain onnxruntime, signs aligned to ``res``."""
+    names = list(names if names is not None else case.all_expected)
+    maps = graphs.case_maps(case, batch, names)
+    return ref.pfv(maps[names[-1]], [maps[n] for n in names[:-1]], hw(case, batch),
+                   align_to=None if res is None else res.components, **kw)
+
+
+def assert_matches(res, want: ref.Reference, case: graphs.GraphCase, rgb_tol: float | None = None):
+    tol = case.rgb_tol if rgb_tol is None else rgb_tol
+    assert res.rgb.shape == want.rgb.shape
+    err = float(np.abs(res.rgb.astype(np.float64) - want.rgb).max())
+    assert err <= tol, f"{case.name}: rgb differs from the reference by {err:.3g} (tolerance {tol:g})"
+    scale = float(np.abs(want.components).max())
+    cerr = float(np.abs(res.components.astype(np.float64) - want.components).max())
+    assert cerr <= 1e-4 * scale, f"{case.name}: components differ by {cerr:.3g} (scale {scale:.3g})"
+    np.testing.assert_allclose(res.eigenvalues, want.eigenvalues, rtol=1e-4, atol=1e-7 * want.all_eigenvalues[0])
+    np.testing.assert_allclose(res.explained_variance_ratio, want.explained_variance_ratio, atol=1e-5)
+
+
+def producing_op(model: onnx.ModelProto, name: str) -> str | None:
+    for node in model.graph.node:
+        if name in node.output:
+            return node.op_type
+    return None
+
+
+def node_index(model: onnx.ModelProto) -> dict[str, int]:
+    return {out: i for i, node in enumerate(model.graph.node) for out in node.output}
+
+
+# ---------------------------------------------------------------------------
+# the automatic choice
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_automatic_choice(name, engine):
+    case = graphs.case(name)
+    res = engine(case).explain(case.batch())
+    assert_names(res.feature_maps, case.all_expected, case)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_inspect_reports_the_choice(name, save_model):
+    case = graphs.case(name)
+    rep = inspect(save_model(case.model, case.name), size=case.image_hw)
+    assert rep.input_name == case.input_name
+    assert Layout(rep.input_layout) == Layout(case.layout)
+    assert tuple(rep.size) == case.image_hw
+    assert same_tensor(rep.decomposed.name, case.expected_decomposed, case), rep.decomposed.name
+    assert_names([m.name for m in rep.weighting], case.expected_weighting, case)
+    assert rep.decomposed.reason.strip(), "no reason given for E_L"
+    assert all(m.reason.strip() for m in rep.weighting), "no reason given for a weighting map"
+    assert Role(rep.decomposed.role) == Role.DECOMPOSED
+    assert all(Role(m.role) == Role.WEIGHTING for m in rep.weighting)
+    cand = {m.name: m for m in rep.candidates}
+    roles = [Role(m.role) for m in rep.candidates]
+    assert roles.count(Role.DECOMPOSED) == 1
+    assert roles.count(Role.WEIGHTING) == len(case.expected_weighting)
+    assert rep.decomposed.name in cand and all(m.name in cand for m in rep.weighting)
+    # plumbing and the graph input are never candidates
+    assert case.input_name not in cand
+    assert not any(m.op in ("Transpose", "Cast", "Identity") for m in rep.candidates)
+    # candidates in graph order
+    idx = node_index(case.model)
+    order = [idx[m.name] for m in rep.candidates if m.name in idx]
+    assert order == sorted(order), "candidates are not in graph order"
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_feature_map_records(name, engine):
+    """res.maps / feature_maps(size): name, producing op, own-layout shape with batch 1, layout, role."""
+    case = graphs.case(name)
+    b = case.batch()
+    res = engine(case).explain(b)
+    assert [m.name for m in res.maps] == res.feature_maps
+    assert all(isinstance(m, FeatureMap) for m in res.maps)
+    _, raw = graphs.fetch(case.model, case.all_expected, b, case.input_name, case.fixed_batch)
+    for rec, exp in zip(res.maps, case.all_expected):
+        assert tuple(rec.shape) == (1, *raw[exp].shape[1:]), (exp, rec.shape, raw[exp].shape)
+        assert Layout(rec.layout) == Layout(case.map_layouts.get(exp, "NCHW")), exp
+        if not case.dequant:
+            assert rec.op == producing_op(case.model, exp), (exp, rec.op)
+    assert Role(res.maps[-1].role) == Role.DECOMPOSED
+    assert all(Role(m.role) == Role.WEIGHTING for m in res.maps[:-1])
+    recs = engine(case).feature_maps(case.image_hw)
+    assert [m.name for m in recs] == res.feature_maps
+
+
+@pytest.mark.parametrize("name", ERROR_CASES)
+def test_no_spatial_map_is_a_clear_error(name, save_model):
+    case = graphs.case(name)
+    with pytest.raises(PfvError):
+        PFV(save_model(case.model, case.name), provider="cpu").explain(case.batch())
+
+
+# ---------------------------------------------------------------------------
+# numbers against the reference
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hierarchical", [False, True], ids=["flat", "hierarchical"])
+@pytest.mark.parametrize("name", CASES)
+def test_matches_reference(name, hierarchical, engine):
+    case = graphs.case(name)
+    b = case.batch(seed=1)
+    res = engine(case, hierarchical=hierarchical).explain(b)
+    assert_matches(res, reference_for(case, b, res, hierarchical=hierarchical), case)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sign_rule_is_the_documented_one(name, engine):
+    """Each component's projection has a positive third moment (docs/API.md); runs repeat exactly."""
+    case = graphs.case(name)
+    b = case.batch(seed=2)
+    pfv = engine(case)
+    res = pfv.explain(b)
+    want = reference_for(case, b, None, use_sign_rule=True)
+    p = want.components.transpose(0, 2, 3, 1).reshape(-1, 3)
+    m3 = np.abs(np.sum(p**3, axis=0)) / np.sum(np.abs(p) ** 3, axis=0)
+    got = res.components.astype(np.float64)
+    for i in range(3):
+        if m3[i] < 1e-3:  # too symmetric for float32 to decide reliably
+            continue
+        corr = float(np.sum(got[:, i] * want.components[:, i]))
+        assert corr > 0, f"{case.name}: component {i} has the opposite sign of the documented rule"
+    again = pfv.explain(b)
+    np.testing.assert_array_equal(again.rgb, res.rgb)
+    np.testing.assert_array_equal(again.components, res.components)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_original_outputs_unchanged(name, engine):
+    case = graphs.case(name)
+    b = case.batch(seed=3)
+    res = engine(case).explain(b)
+    plain = graphs.original_outputs(case, b)
+    assert list(res.outputs) == [o.name for o in case.model.graph.output]
+    for k, v in plain.items():
+        assert res.outputs[k].dtype == v.dtype and res.outputs[k].shape == v.shape, k
+        np.testing.assert_allclose(res.outputs[k], v, rtol=case.out_rtol, atol=case.out_atol, err_msg=k)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_result_fields_contract(name, engine):
+    case = graphs.case(name)
+    b = case.batch(seed=4)
+    n = b.shape[0]
+    h, w = hw(case, b)
+    res = engine(case).explain(b)
+    assert isinstance(res.rgb, np.ndarray) and res.rgb.dtype == np.float32
+    assert res.rgb.shape == (n, h, w, 3)
+    assert np.isfinite(res.rgb).all() and res.rgb.min() >= 0.0 and res.rgb.max() <= 1.0
+    assert res.rgb.min() == pytest.approx(0.0, abs=1e-6) and res.rgb.max() == pytest.approx(1.0, abs=1e-6)
+    e_l = graphs.case_maps(case, b, [case.expected_decomposed])[case.expected_decomposed]
+    assert isinstance(res.components, np.ndarray) and res.components.dtype == np.float32
+    assert res.components.shape == (n, 3, *e_l.shape[2:])
+    for arr in (res.eigenvalues, res.explained_variance_ratio):
+        assert isinstance(arr, np.ndarray) and arr.dtype == np.float64 and arr.shape == (3,)
+    assert (np.diff(res.eigenvalues) <= 0).all() and (res.eigenvalues > 0).all()
+    evr = res.explained_variance_ratio
+    assert (evr > 0).all() and (evr <= 1).all() and evr.sum() <= 1 + 1e-6
+    assert isinstance(res.feature_maps, list) and all(isinstance(s, str) for s in res.feature_maps)
+    assert isinstance(res.outputs, dict)
+    for v in res.outputs.values():
+        assert isinstance(v, np.ndarray) and v.shape[0] == n
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_pfv_attributes(name, engine, save_model):
+    case = graphs.case(name)
+    pfv = engine(case)
+    path = save_model(case.model, case.name)
+    assert pfv.input_name == case.input_name
+    assert Layout(pfv.input_layout) == Layout(case.layout)
+    assert tuple(pfv.input_size) == tuple(case.static_size)
+    assert pfv.input_channels == case.channels
+    assert pfv.fixed_batch == case.fixed_batch
+    assert pfv.provider == "cpu"
+    assert list(pfv.output_names) == [o.name for o in case.model.graph.output]
+    with open(path, "rb") as f:
+        assert pfv.model_sha256 == hashlib.sha256(f.read()).hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# properties
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_permuting_the_batch_permutes_the_result(name, engine):
+    case = graphs.case(name)
+    b = case.batch(n=5, seed=5)
+    perm = np.array([3, 0, 4, 1, 2])
+    pfv = engine(case)
+    a, p = pfv.explain(b), pfv.explain(b[perm])
+    # float32 sums taken in another order: differences of a few 1e-5 at most
+    np.testing.assert_allclose(p.rgb, a.rgb[perm], atol=max(1e-4, case.rgb_tol / 10))
+    np.testing.assert_allclose(p.components, a.components[perm], atol=1e-5 * np.abs(a.components).max())
+    np.testing.assert_allclose(p.eigenvalues, a.eigenvalues, rtol=1e-5)
+    np.testing.assert_allclose(p.explained_variance_ratio, a.explained_variance_ratio, atol=1e-6)
+    assert p.feature_maps == a.feature_maps
+    for k in a.outputs:
+        np.testing.assert_allclose(p.outputs[k], a.outputs[k][perm], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_batch_of_one(name, engine):
+    case = graphs.case(name)
+    b = case.batch(n=1, seed=6)
+    res = engine(case).explain(b)
+    assert res.rgb.shape == (1, *hw(case, b), 3)
+    assert_matches(res, reference_for(case, b, res), case)
+
+
+@pytest.mark.parametrize("hierarchical", [False, True], ids=["flat", "hierarchical"])
+def test_scaling_every_map_changes_nothing(hierarchical, save_model):
+    """A bias-free ReLU net is positively homogeneous: input x c scales every map by c."""
+    case = graphs.vgg(bias=False, name="vgg_nobias")
+    pfv = PFV(save_model(case.model, case.name), provider="cpu", hierarchical=hierarchical)
+    b = case.batch(seed=7)
+    a, s = pfv.explain(b), pfv.explain(b * np.float32(8.0))
+    np.testing.assert_allclose(s.rgb, a.rgb, atol=1e-4)
+    np.testing.assert_allclose(s.components, 8.0 * a.components, atol=1e-4 * 8.0 * np.abs(a.components).max())
+    np.testing.assert_allclose(s.eigenvalues, 64.0 * a.eigenvalues, rtol=1e-4)
+    np.testing.assert_allclose(s.explained_variance_ratio, a.explained_variance_ratio, atol=1e-6)
+    assert_matches(a, reference_for(case, b, a, hierarchical=hierarchical), case)
+
+
+@pytest.mark.parametrize("hierarchical", [False, True], ids=["flat", "hierarchical"])
+def test_scaling_the_decomposed_map_changes_nothing(hierarchical, save_model):
+    """The last conv's weights and bias x 5: E_L x 5, the earlier maps unchanged."""
+    base, scaled = graphs.vgg(), graphs.vgg(last_scale=5.0, name="vgg_x5")
+    pa = PFV(save_model(base.model, "vgg_base"), provider="cpu", hierarchical=hierarchical)
+    pb = PFV(save_model(scaled.model, scaled.name), provider="cpu", hierarchical=hierarchical)
+    b = base.batch(seed=8)
+    a, s = pa.explain(b), pb.explain(b)
+    assert s.feature_maps == a.feature_maps
+    np.testing.assert_allclose(s.rgb, a.rgb, atol=1e-4)
+    np.testing.assert_allclose(s.components, 5.0 * a.components, atol=1e-4 * 5.0 * np.abs(a.components).max())
+    np.testing.assert_allclose(s.eigenvalues, 25.0 * a.eigenvalues, rtol=1e-4)
+
+
+@pytest.mark.parametrize("hierarchical", [False, True], ids=["flat", "hierarchical"])
+def test_scaling_the_input_of_a_linear_net(hierarchical, engine):
+    case = graphs.case("linear_two")
+    pfv = engine(case, hierarchical=hierarchical)
+    b = case.batch(seed=9)
+    a, s = pfv.explain(b), pfv.explain(b * np.float32(0.01))
+    np.testing.assert_allclose(s.rgb, a.rgb, atol=1e-4)
+    np.testing.assert_allclose(s.components, 0.01 * a.components, atol=1e-6 * np.abs(a.components).max())
+
+
+def test_zero_variance_features_give_finite_output(save_model):
+    case = graphs.linear_probe(channels=6, size=(5, 7), name="linear_probe_6")
+    pfv = PFV(save_model(case.model, case.name), provider="cpu")
+    b = make_probe_batch(4, 6, 5, 7, seed=10)
+    b[:, 1] = 3.0  # constant channel
+    b[:, 4] = 0.0  # dead channel
+    res = pfv.explain(b)
+    for arr in (res.rgb, res.components, res.eigenvalues, res.explained_variance_ratio):
+        assert np.isfinite(arr).all()
+    assert_matches(res, reference_for(case, b, res), case)
+
+
+def test_constant_decomposed_map_gives_zeros(save_model):
+    """Every feature constant: defined, finite; the colour scaling of a constant array is zeros."""
+    case = graphs.linear_probe(channels=6, size=(5, 7), name="linear_probe_6")
+    pfv = PFV(save_model(case.model, case.name), provider="cpu")
+    b = np.ones((3, 6, 5, 7), np.float32) * np.arange(6, dtype=np.float32)[None, :, None, None]
+    res = pfv.explain(b)
+    for arr in (res.rgb, res.components, res.eigenvalues, res.explained_variance_ratio):
+        assert np.isfinite(arr).all()
+    assert (res.rgb == 0).all()
+    np.testing.assert_allclose(res.components, 0.0, atol=1e-5)
+    np.testing.assert_allclose(res.eigenvalues, 0.0, atol=1e-8)
+
+
+def test_dead_relu_channels_in_a_real_net(save_model):
+    """A conv whose output channels are all negative before the ReLU: zero-variance maps."""
+    base = graphs.vgg()
+    m = onnx.ModelProto()
+    m.CopyFrom(base.model)
+    inits = {i.name: i for i in m.graph.initializer}
+    conv = next(n for n in m.graph.node if n.output[0] == "/features/features.12/Conv_output_0")
+    w = onnx.numpy_helper.to_array(inits[conv.input[1]]).copy()
+    bias = onnx.numpy_helper.to_array(inits[conv.input[2]]).copy()
+    w[10:] = 0.0
+    bias[10:] = -1.0
+    inits[conv.input[1]].CopyFrom(onnx.numpy_helper.from_array(w, conv.input[1]))
+    inits[conv.input[2]].CopyFrom(onnx.numpy_helper.from_array(bias, conv.input[2]))
+    case = graphs.GraphCase("vgg_dead", m, base.input_name, base.input_shape, base.layout,
+                            base.expected_decomposed, base.expected_weighting)
+    res = PFV(save_model(m, case.name), provider="cpu").explain(case.batch())
+    assert np.isfinite(res.rgb).all() and np.isfinite(res.components).all()
+    assert_matches(res, reference_for(case, case.batch(), res), case)
+
+
+def make_probe_batch(n, c, h, w, seed):
+    rng = np.random.default_rng(seed)
+    mix = rng.standard_normal((c, c)) * (0.7 ** np.arange(c))[None, :]
+    x = rng.standard_normal((n * h * w, c)) ** 2 @ mix.T
+    return x.reshape(n, h, w, c).transpose(0, 3, 1, 2).astype(np.float32).copy()
+
+
+# ---------------------------------------------------------------------------
+# k and the other options
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_k_components(k, engine):
+    case = graphs.case("resnet")
+    b = case.batch(seed=11)
+    res = engine(case, k=k).explain(b)
+    assert res.rgb.shape[-1] == k and res.components.shape[1] == k
+    assert res.eigenvalues.shape == (k,) and res.explained_variance_ratio.shape == (k,)
+    assert_matches(res, reference_for(case, b, res, k=k), case)
+    over = engine(case).explain(b, k=k)
+    np.testing.assert_allclose(over.rgb, res.rgb, atol=1e-6)
+
+
+def test_k_larger_than_channels_is_an_error(engine, save_model):
+    case = graphs.case("vgg")  # E_L has 16 channels
+    with pytest.raises(PfvError):
+        PFV(save_model(case.model, case.name), provider="cpu", k=17).explain(case.batch())
+    with pytest.raises(PfvError):
+        engine(case).explain(case.batch(), k=17)
+
+
+def test_k_larger_than_observations_is_an_error(save_model):
+    case = graphs.linear_probe(channels=8, size=(2, 2), name="linear_probe_2x2")
+    pfv = PFV(save_model(case.model, case.name), provider="cpu")
+    b = make_probe_batch(1, 8, 2, 2, seed=12)  # 4 observations
+    with pytest.raises(PfvError):
+        pfv.explain(b, k=5)
+
+
+@pytest.mark.parametrize("n_sigma", [0.5, 2.0])
+def test_n_sigma(n_sigma, engine):
+    case = graphs.case("se")
+    b = case.batch(seed=13)
+    res = engine(case, n_sigma=n_sigma).explain(b)
+    assert_matches(res, reference_for(case, b, res, n_sigma=n_sigma), case)
+    over = engine(case).explain(b, n_sigma=n_sigma)
+    np.testing.assert_allclose(over.rgb, res.rgb, atol=1e-6)
+
+
+def test_hierarchical_override_at_explain(engine):
+    case = graphs.case("vgg")
+    b = case.batch(seed=14)
+    a = engine(case, hierarchical=True).explain(b)
+    o = engine(case).explain(b, hierarchical=True)
+    np.testing.assert_allclose(o.rgb, a.rgb, atol=1e-6)
+    flat = engine(case).explain(b)
+    assert np.abs(flat.rgb - a.rgb).max() > 1e-2, "hierarchical and flat weighting gave the same picture"
+
+
+VGG_EL = "/features/features.13/Relu_output_0"
+VGG_S1 = "/features/features.3/Relu_output_0"
+VGG_S2 = "/features/features.8/Relu_output_0"
+
+
+def test_explicit_layer(engine):
+    case = graphs.case("vgg")
+    b = case.batch(seed=15)
+    res = engine(case, layer=VGG_S2).explain(b)
+    assert res.feature_maps == [VGG_S1, VGG_S2]
+    assert_matches(res, reference_for(case, b, res, names=[VGG_S1, VGG_S2]), case)
+
+
+def test_explicit_layer_glob(engine):
+    case = graphs.case("vgg")
+    res = engine(case, layer="*features.11/Relu*").explain(case.batch())
+    assert res.feature_maps[-1] == "/features/features.11/Relu_output_0"
+
+
+def test_unknown_layer_names_a_close_candidate(save_model):
+    case = graphs.case("vgg")
+    with pytest.raises(PfvError) as err:
+        PFV(save_model(case.model, case.name), provider="cpu", layer="/features/features.13/Relu_output").explain(
+            case.batch())
+    assert VGG_EL in str(err.value)
+
+
+def test_unknown_weight_layer_is_an_error(save_model):
+    case = graphs.case("vgg")
+    with pytest.raises(PfvError):
+        PFV(save_model(case.model, case.name), provider="cpu", weight_layers=["no_such_tensor"]).explain(case.batch())
+
+
+@pytest.mark.parametrize("hierarchical", [False, True], ids=["flat", "hierarchical"])
+def test_no_weighting(hierarchical, engine):
+    case = graphs.case("vgg")
+    b = case.batch(seed=16)
+    res = engine(case, weight_layers=[], hierarchical=hierarchical).explain(b)
+    assert res.feature_maps == [VGG_EL]
+    assert_matches(res, reference_for(case, b, res, names=[VGG_EL], hierarchical=hierarchical), case)
+
+
+@pytest.mark.parametrize("hierarchical", [False, True], ids=["flat", "hierarchical"])
+def test_explicit_weight_layers(hierarchical, engine):
+    case = graphs.case("vgg")
+    b = case.batch(seed=17)
+    res = engine(case, weight_layers=[VGG_S2], hierarchical=hierarchical).explain(b)
+    assert res.feature_maps == [VGG_S2, VGG_EL]
+    assert_matches(res, reference_for(case, b, res, names=[VGG_S2, VGG_EL], hierarchical=hierarchical), case)
+
+
+def test_batch_size_chunks_give_the_same_result(engine):
+    case = graphs.case("resnet")
+    b = case.batch(n=5, seed=18)
+    whole = engine(case).explain(b)
+    chunked = engine(case).explain(b, batch_size=2)
+    np.testing.assert_allclose(chunked.rgb, whole.rgb, atol=1e-5)
+    np.testing.assert_allclose(chunked.components, whole.components, atol=1e-5 * np.abs(whole.components).max())
+    np.testing.assert_allclose(chunked.eigenvalues, whole.eigenvalues, rtol=1e-5)
+    for k in whole.outputs:
+        np.testing.assert_allclose(chunked.outputs[k], whole.outputs[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_forward_pass_holds_the_maps(name, engine):
+    """forward(): E_L as NCHW float, the weighting maps as channel sums, the original outputs."""
+    case = graphs.case(name)
+    b = case.batch(seed=19)
+    fp = engine(case).forward(b)
+    maps = graphs.case_maps(case, b)
+    e = np.asarray(fp.decomposed, dtype=np.float64)
+    want = maps[case.expected_decomposed]
+    assert e.shape == want.shape
+    np.testing.assert_allclose(e, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    assert len(fp.weights) == len(case.expected_weighting)
+    for s, nm in zip(fp.weights, case.expected_weighting):
+        s = np.asarray(s, dtype=np.float64)
+        want_s = maps[nm].sum(axis=1, keepdims=True)
+        assert s.shape == want_s.shape, (nm, s.shape)
+        tol = 2e-3 if case.rgb_tol > 1e-4 else 1e-5  # fp16 sums
+        np.testing.assert_allclose(s, want_s, rtol=tol, atol=tol * np.abs(want_s).max(), err_msg=nm)
+    assert fp.n == b.shape[0]
+    assert tuple(fp.input_hw) == hw(case, b)
+
+
+def test_forward_then_decompose_equals_explain(engine):
+    case = graphs.case("se")
+    b = case.batch(n=6, seed=20)
+    pfv = engine(case)
+    whole = pfv.explain(b)
+    res = pfv.decompose([pfv.forward(b[:2]), pfv.forward(b[2:5]), pfv.forward(b[5:])])
+    np.testing.assert_allclose(res.rgb, whole.rgb, atol=1e-5)
+    np.testing.assert_allclose(res.eigenvalues, whole.eigenvalues, rtol=1e-5)
+    res_h = pfv.decompose([pfv.forward(b[:3]), pfv.forward(b[3:])], hierarchical=True, k=2)
+    assert_matches(res_h, reference_for(case, b, res_h, hierarchical=True, k=2), case)
+
+
+# ---------------------------------------------------------------------------
+# layouts, sizes, inputs
+# ---------------------------------------------------------------------------
+
+
+def test_dynamic_hw_two_sizes(engine):
+    case = graphs.case("dynhw")
+    pfv = engine(case)
+    for shape in [case.input_shape, *case.alt_shapes]:
+        b = case.batch(shape=shape, seed=21)
+        for hier in (False, True):
+            res = pfv.explain(b, hierarchical=hier)
+            assert res.rgb.shape == (shape[0], shape[2], shape[3], 3)
+            assert res.feature_maps == case.all_expected
+            assert_matches(res, reference_for(case, b, res, hierarchical=hier), case)
+        recs = pfv.feature_maps((shape[2], shape[3]))
+        maps = graphs.case_maps(case, b)
+        assert [tuple(r.shape) for r in recs] == [(1, *maps[n].shape[1:]) for n in case.all_expected]
+
+
+def test_static_model_rejects_another_size(engine):
+    case = graphs.case("vgg")
+    with pytest.raises(PfvError):
+        engine(case).explain(case.batch(shape=(2, 3, 32, 32)))
+
+
+def test_wrong_channels_and_rank_are_errors(engine):
+    case = graphs.case("resnet")
+    with pytest.raises(PfvError):
+        engine(case).explain(np.zeros((2, 4, 32, 32), np.float32))
+    with pytest.raises(PfvError):
+        engine(case).explain(np.zeros((3, 32, 32), np.float32))
+
+
+def test_nhwc_model_rejects_an_nchw_batch(engine):
+    case = graphs.case("nhwc_body")
+    with pytest.raises(PfvError):
+        engine(case).explain(np.zeros((2, 3, 20, 28), np.float32))
+
+
+@pytest.mark.parametrize("name", ["tf2onnx_nhwc", "nhwc_body"])
+def test_layout_override_agrees(name, engine):
+    case = graphs.case(name)
+    b = case.batch(seed=22)
+    a = engine(case).explain(b)
+    o = engine(case, layout="NHWC").explain(b)
+    assert o.feature_maps == a.feature_maps
+    np.testing.assert_allclose(o.rgb, a.rgb, atol=1e-6)
+
+
+def test_several_inputs_need_a_name(save_model):
+    case = graphs.two_inputs()
+    path = save_model(case.model, case.name)
+    with pytest.raises(PfvError):
+        PFV(path, provider="cpu").explain(case.batch())
+
+
+def test_metadata_is_read(save_model):
+    case = graphs.case("resnet")
+    m = onnx.ModelProto()
+    m.CopyFrom(case.model)
+    onnx.helper.set_model_props(m, {"author": "pfv tests", "labels": "a,b,c"})
+    pfv = PFV(save_model(m, "resnet_meta"), provider="cpu")
+    assert pfv.metadata == {"author": "pfv tests", "labels": "a,b,c"}
+
+
+# ---------------------------------------------------------------------------
+# the rewritten model
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_save_surgery(name, engine, tmp_path):
+    case = graphs.case(name)
+    out = tmp_path / f"{name}_surgery.onnx"
+    engine(case).save_surgery(out, size=case.image_hw)
+    onnx.checker.check_model(str(out))
+    m = onnx.load(str(out))
+    orig = {o.name: o for o in case.model.graph.output}
+    names = [o.name for o in m.graph.output]
+    assert names[: len(orig)] == list(orig), "the original outputs must stay first and in order"
+    for o in m.graph.output[: len(orig)]:
+        assert o.type.tensor_type.elem_type == orig[o.name].type.tensor_type.elem_type
+    assert len(names) > len(orig)
+    b = case.batch(seed=23)
+    got = graphs.run(m, {case.input_name: b}, case.fixed_batch)
+    plain = graphs.original_outputs(case, b)
+    for k, v in plain.items():
+        np.testing.assert_allclose(got[k], v, rtol=case.out_rtol, atol=case.out_atol, err_msg=k)
+    # the added outputs carry E_L and the weighting maps' channel sums
+    maps = graphs.case_maps(case, b)
+    extra = [np.asarray(got[k], dtype=np.float64) for k in names[len(orig):]]
+
+    def carried(target: np.ndarray, tol: float) -> bool:
+        for a in extra:
+            for t in (target, target.transpose(0, 2, 3, 1)):
+                if a.size == t.size and np.allclose(a.reshape(t.shape), t, rtol=tol, atol=tol * np.abs(t).max()):
+                    return True
+        return False
+
+    tol = 2e-3 if case.rgb_tol > 1e-4 else 1e-5
+    assert carried(maps[case.expected_decomposed], tol), "E_L is not among the added outputs"
+    for nm in case.expected_weighting:
+        assert carried(maps[nm].sum(axis=1, keepdims=True), tol), f"the channel sum of {nm} is not an output"
+
+
+# ---------------------------------------------------------------------------
+# providers and the GPU
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(HAS_CUDA_EP, reason="onnxruntime has the CUDA provider here")
+def test_cuda_provider_without_cuda_is_an_error(save_model):
+    case = graphs.case("resnet")
+    with pytest.raises(PfvError):
+        PFV(save_model(case.model, case.name), provider="cuda").explain(case.batch())
+
+
+@pytest.mark.skipif(HAS_CUDA_EP, reason="onnxruntime has the CUDA provider here")
+def test_auto_provider_falls_back_to_cpu(save_model):
+    case = graphs.case("resnet")
+    pfv = PFV(save_model(case.model, case.name), provider="auto")
+    assert pfv.provider == "cpu"
+    b = case.batch(seed=24)
+    res = pfv.explain(b)
+    assert_matches(res, reference_for(case, b, res), case)
+
+
+def _host(a) -> np.ndarray:
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["vgg", "resnet", "nhwc_body", "qop", "fp16"])
+@pytest.mark.parametrize("hierarchical", [False, True], ids=["flat", "hierarchical"])
+def test_cupy_backend_matches_numpy(name, hierarchical, engine):
+    """The same maps (read on the CPU) decomposed with CuPy arrays and with NumPy arrays."""
+    import cupy
+    from pfv_onnx.pipeline import ForwardPass
+
+    case = graphs.case(name)
+    b = case.batch(seed=25)
+    pfv = engine(case)
+    fp = pfv.forward(b)
+    host = ForwardPass(np.asarray(_host(fp.decomposed)), [np.asarray(_host(w)) for w in fp.weights],
+                       fp.outputs, fp.input_hw)
+    dev = ForwardPass(cupy.asarray(host.decomposed), [cupy.asarray(w) for w in host.weights], fp.outputs,
+                      fp.input_hw)
+    a = pfv.decompose([host], hierarchical=hierarchical)
+    g = pfv.decompose([dev], hierarchical=hierarchical)
+    np.testing.assert_allclose(_host(g.rgb), _host(a.rgb), atol=1e-4)
+    np.testing.assert_allclose(_host(g.components), _host(a.components), atol=1e-4 * np.abs(_host(a.components)).max())
+    np.testing.assert_allclose(_host(g.eigenvalues), _host(a.eigenvalues), rtol=1e-4)
+    assert_matches(a, reference_for(case, b, a, hierarchical=hierarchical), case)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA_EP, reason="onnxruntime has no CUDA provider here")
+def test_cuda_provider_matches_reference(save_model):
+    case = graphs.case("resnet")
+    pfv = PFV(save_model(case.model, case.name), provider="cuda")
+    assert pfv.provider == "cuda"
+    b = case.batch(seed=26)
+    res = pfv.explain(b)
+    assert_matches(res, reference_for(case, b, res), case, rgb_tol=1e-3)

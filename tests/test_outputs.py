@@ -1,0 +1,143 @@
+"""Atomic writes, npz archives, output names (pfv_onnx.outputs) and the onnxruntime install check."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pfv_onnx.errors import DependencyError
+from pfv_onnx.outputs import (
+    atomic_write_bytes,
+    clean_stale_temp_files,
+    npz_bytes,
+    unique_names,
+    write_json,
+    write_npz,
+)
+from pfv_onnx.runtime_check import check_onnxruntime_install, onnxruntime_builds
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "sub" / "f.bin"
+    atomic_write_bytes(target, b"one")
+    atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["f.bin"]
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(target, b"new")
+    monkeypatch.undo()
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_clean_stale_temp_files(tmp_path):
+    (tmp_path / ".pfv-tmp-abc.tmp").write_bytes(b"half")
+    (tmp_path / "keep.png").write_bytes(b"x")
+    assert clean_stale_temp_files(tmp_path) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.png"]
+
+
+def test_npz_deterministic_and_loads_without_pickle(tmp_path):
+    arrays = {
+        "rgb": np.random.default_rng(0).random((2, 4, 4, 3)).astype(np.float32),
+        "files": np.asarray(["a/cat.jpg", "b/ünïcode.png"]),
+        "output/logits": np.arange(6, dtype=np.float32).reshape(2, 3),
+    }
+    first = npz_bytes(arrays)
+    assert first == npz_bytes(arrays)
+    path = write_npz(tmp_path / "pfv.npz", arrays)
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(z.files) == sorted(arrays)
+        for k, v in arrays.items():
+            np.testing.assert_array_equal(z[k], v)
+    with pytest.raises(TypeError, match="dtype object"):
+        npz_bytes({"bad": np.asarray([{"a": 1}], dtype=object)})
+
+
+def test_write_json_converts_numpy_and_nan(tmp_path):
+    path = write_json(tmp_path / "r.json", {"a": np.float64(0.5), "b": np.arange(3), "c": float("nan"), "d": tmp_path})
+    data = json.loads(path.read_text())
+    assert data == {"a": 0.5, "b": [0, 1, 2], "c": None, "d": str(tmp_path)}
+
+
+@pytest.mark.parametrize(
+    "paths, expected",
+    [
+        (["x/cat.jpg", "y/dog.png"], ["cat", "dog"]),
+        (["a/cat.jpg", "b/cat.jpg", "dog.png"], ["a__cat", "b__cat", "dog"]),
+        (["p/a/cat.jpg", "q/a/cat.jpg"], ["p__a__cat", "q__a__cat"]),
+        (["a/cat.jpg", "a/cat.png"], ["cat_jpg", "cat_png"]),
+        (["a/Cat.jpg", "b/cat.jpg"], ["a__Cat", "b__cat"]),  # case-insensitive file systems
+        (["a/cat.jpg", "a/Cat.jpg"], ["cat", "Cat-2"]),
+        ([".hidden.jpg", "..jpg", "we:ird*.png"], ["hidden", "_", "we_ird_"]),
+    ],
+)
+def test_unique_names(paths, expected):
+    assert unique_names(paths) == expected
+
+
+def test_unique_names_always_unique():
+    paths = [f"{d}/{n}.{e}" for d in ("a", "b", "A") for n in ("x", "X", "y") for e in ("jpg", "png")]
+    names = unique_names(paths)
+    assert len({n.casefold() for n in names}) == len(paths)
+    assert names == unique_names(paths)
+
+
+def _fake_dist(root, name, version, top_level):
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "top_level.txt").write_text(top_level + "\n")
+
+
+def test_runtime_check_detects_two_builds(tmp_path):
+    _fake_dist(tmp_path, "onnxruntime", "1.32.0", "onnxruntime")
+    _fake_dist(tmp_path, "onnxruntime-gpu", "1.32.0", "onnxruntime")
+    _fake_dist(tmp_path, "onnxruntime-extensions", "0.14.0", "onnxruntime_extensions")  # another module
+    assert onnxruntime_builds([str(tmp_path)]) == [("onnxruntime", "1.32.0"), ("onnxruntime-gpu", "1.32.0")]
+    with pytest.raises(DependencyError) as info:
+        check_onnxruntime_install([str(tmp_path)])
+    msg = str(info.value)
+    assert "onnxruntime 1.32.0, onnxruntime-gpu 1.32.0" in msg
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu" in msg
+
+
+def test_runtime_check_one_build_or_none(tmp_path):
+    _fake_dist(tmp_path, "onnxruntime-gpu", "1.32.0", "onnxruntime")
+    assert check_onnxruntime_install([str(tmp_path)]) == "onnxruntime-gpu"
+    with pytest.raises(DependencyError, match="not installed"):
+        check_onnxruntime_install([str(tmp_path / "empty")])
+    assert check_onnxruntime_install() in ("onnxruntime", "onnxruntime-gpu")  # this environment
+
+
+def test_row_spool_matches_npz_bytes_and_cleans_up(tmp_path):
+    from pfv_onnx.outputs import RowSpool
+
+    rng = np.random.default_rng(1)
+    parts = [rng.random((n, 3, 4)).astype(np.float32) for n in (2, 1, 3)]
+    logits = [rng.random((n, 5)) for n in (2, 1, 3)]
+    spool = RowSpool(tmp_path)
+    for p, q in zip(parts, logits):
+        spool.append("rgb", p)
+        spool.append("output/logits", q)
+    with pytest.raises(ValueError, match="shape"):
+        spool.append("rgb", np.zeros((1, 3, 5), np.float32))
+    small = {"files": np.asarray(["a", "b", "c", "d", "e", "f"])}
+    spool.write(tmp_path / "pfv.npz", small, ["rgb", "files", "output/logits"])
+    spool.close()
+    expected = {"rgb": np.concatenate(parts), "files": small["files"], "output/logits": np.concatenate(logits)}
+    assert (tmp_path / "pfv.npz").read_bytes() == npz_bytes(expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["pfv.npz"]  # temporary files removed

@@ -1,0 +1,96 @@
+"""Fitting on Ray (a local cluster of 2 CPUs) gives the single-process basis.
+
+The tests marked ``ray`` start Ray (about 15 s) and skip when Ray is not installed;
+deselect them with ``-m 'not ray'``. A missing Ray must give a DependencyError that names
+the extra to install, which is checked without Ray.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import graphs
+from pfv_onnx import PFV
+from pfv_onnx import basis as B
+from pfv_onnx import distributed
+from pfv_onnx.cli import main
+from pfv_onnx.errors import DependencyError
+
+K = 3
+
+
+@pytest.fixture(scope="module")
+def case() -> graphs.GraphCase:
+    return graphs.vgg()
+
+
+@pytest.fixture(scope="module")
+def model(save_model, case) -> str:
+    return save_model(case.model, "ray_vgg")
+
+
+def test_missing_ray_names_the_extra(monkeypatch, model, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(DependencyError, match=r"pfv-onnx\[ray\]"):
+        distributed.import_ray()
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.full((20, 20, 3), 128, np.uint8))
+    code = main(["fit", model, str(img), "-o", str(tmp_path / "b.npz"), "--ray", "-q", "--provider", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pfv-onnx[ray]" in err
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 1024**2)
+    yield ray
+    ray.shutdown()
+
+
+def _assert_same_basis(got: B.FittedBasis, want: B.FittedBasis) -> None:
+    assert got.n_images == want.n_images and got.n_observations == want.n_observations
+    assert got.tensors == want.tensors and got.model_sha256 == want.model_sha256
+    for name in ("mean", "directions", "eigenvalues"):
+        np.testing.assert_allclose(getattr(got, name), getattr(want, name), rtol=1e-6, atol=1e-9, err_msg=name)
+    np.testing.assert_allclose(got.weight_peaks, want.weight_peaks, rtol=1e-6)
+    for v in B.VARIANTS:
+        np.testing.assert_allclose(got.colour[v], want.colour[v], rtol=1e-6, err_msg=v)
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")  # Ray's own notices about its settings
+def test_ray_fit_equals_single_process_fit(ray_cluster, tmp_path, case, model, capsys):
+    # preprocessed arrays
+    images = case.batch(30, seed=11)
+    pfv = PFV(model, provider="cpu")
+    local = B.fit(pfv, images, k=K, batch_size=4)
+    on_ray, skipped = distributed.fit(model, images, k=K, batch_size=4, actors=2, pfv_options={"provider": "cpu"})
+    assert skipped == []
+    _assert_same_basis(on_ray, local)
+
+    # image files decoded by the actors, one of them unreadable, through the command line
+    rng = np.random.default_rng(2)
+    paths = []
+    for i in range(9):
+        img = (rng.random((28 + i, 36, 3)) * 200).astype(np.uint8)
+        cv2.circle(img, (6 + 3 * i, 12), 5, (255, 30 * i, 0), -1)
+        p = tmp_path / f"{i}.png"
+        cv2.imwrite(str(p), img)
+        paths.append(str(p))
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    common = [model, *paths, str(bad), "--batch-size", "4", "-q", "--provider", "cpu"]
+    assert main(["fit", *common, "-o", str(tmp_path / "local.npz")]) == 1  # 1: a file failed
+    assert main(["fit", *common, "-o", str(tmp_path / "ray.npz"), "--ray", "--actors", "2"]) == 1
+    assert "bad.png" in capsys.readouterr().err
+    files_local, files_on_ray = B.load(tmp_path / "local.npz"), B.load(tmp_path / "ray.npz")
+    assert files_local.n_images == 9
+    _assert_same_basis(files_on_ray, files_local)
+    assert files_on_ray.preprocessing == files_local.preprocessing

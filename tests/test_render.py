@@ -1,0 +1,110 @@
+"""Maps to pictures (pfv_onnx.render)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pfv_onnx import render
+
+
+def test_map_to_bgr_channel_order_and_k():
+    rgb = np.zeros((2, 2, 3), np.float32)
+    rgb[..., 0] = 1.0  # component 1 = red
+    bgr = render.map_to_bgr(rgb)
+    np.testing.assert_array_equal(bgr[0, 0], [0, 0, 1])  # OpenCV order: B, G, R
+    gray = render.map_to_bgr(np.full((2, 2, 1), 0.25, np.float32))
+    np.testing.assert_allclose(gray, 0.25)
+    two = render.map_to_bgr(np.stack([np.full((1, 1), 0.2), np.full((1, 1), 0.7)], axis=-1))
+    np.testing.assert_allclose(two[0, 0], [0.0, 0.7, 0.2])
+    four = render.map_to_bgr(np.ones((1, 1, 4)) * [0.1, 0.2, 0.3, 0.9])
+    np.testing.assert_allclose(four[0, 0], [0.3, 0.2, 0.1])
+    nan = render.map_to_bgr(np.full((1, 1, 3), np.nan))
+    np.testing.assert_array_equal(nan, 0)
+
+
+def test_map_picture_upsampled_to_image_size():
+    rgb = np.zeros((7, 7, 3), np.float32)
+    rgb[..., 1] = 1.0  # all green
+    pic = render.map_picture(rgb, (300, 451))
+    assert pic.shape == (300, 451, 3) and pic.dtype == np.uint8
+    assert (pic[..., 1] == 255).all() and (pic[..., [0, 2]] == 0).all()
+
+
+def test_map_picture_bilinear_half_pixel_centres():
+    rgb = np.zeros((1, 2, 3), np.float32)
+    rgb[0, 1] = 1.0  # left pixel 0, right pixel 1
+    pic = render.map_picture(rgb, (1, 4))
+    # half-pixel centres: output x=0..3 samples input at -0.25, 0.25, 0.75, 1.25 -> 0, .25, .75, 1
+    np.testing.assert_array_equal(pic[0, :, 0], [0, 64, 191, 255])
+
+
+def test_map_picture_crop_box_leaves_the_rest_black():
+    rgb = np.ones((4, 4, 3), np.float32)
+    pic = render.map_picture(rgb, (20, 60), box=(20, 0, 40, 20))
+    assert (pic[:, 20:40] == 255).all()
+    assert (pic[:, :20] == 0).all() and (pic[:, 40:] == 0).all()
+
+
+def test_overlay_alpha():
+    img = np.full((5, 6, 3), 100, np.uint8)
+    m = np.full((5, 6, 3), 200, np.uint8)
+    np.testing.assert_array_equal(render.overlay(img, m, 0.0), img)
+    np.testing.assert_array_equal(render.overlay(img, m, 1.0), m)
+    np.testing.assert_array_equal(render.overlay(img, m, 0.5), np.full((5, 6, 3), 150, np.uint8))
+    boxed = render.overlay(img, m, 1.0, box=(0, 0, 3, 5))
+    assert (boxed[:, :3] == 200).all() and (boxed[:, 3:] == 50).all()  # outside: image at half
+    with pytest.raises(ValueError, match="differ in size"):
+        render.overlay(img, m[:4], 0.5)
+
+
+def test_letterbox_keeps_aspect():
+    img = np.zeros((50, 100, 3), np.uint8)
+    tile = render.letterbox(img, 40)
+    assert tile.shape == (40, 40, 3)
+    assert (tile[:10] == 255).all() and (tile[30:] == 255).all() and (tile[10:30] == 0).all()
+
+
+def test_mosaic_layout_images_above_maps_with_captions():
+    n, tile, gap = 10, 32, 4
+    images = [np.full((20, 30, 3), 10 * i, np.uint8) for i in range(n)]
+    maps = [np.full((20, 30, 3), (0, 0, 255), np.uint8) for _ in range(n)]
+    pic = render.mosaic(images, maps, [f"class {i}" for i in range(n)], columns=4, tile=tile, gap=gap)
+    rows = 3  # 10 images in rows of 4
+    block = 2 * tile + gap + 20 + 2 * gap
+    assert pic.shape == (rows * block + gap, 4 * tile + 5 * gap, 3)
+    # first image tile top-left, its map below it
+    centre = (gap + tile // 2, gap + tile // 2)
+    assert tuple(pic[centre]) == (0, 0, 0)
+    assert tuple(pic[gap + tile + gap + tile // 2, gap + tile // 2]) == (0, 0, 255)
+    # a caption is drawn (dark pixels) in the strip under the first map
+    strip = pic[gap + 2 * tile + gap : gap + 2 * tile + gap + 20, gap : gap + tile]
+    assert (strip.min(axis=2) < 128).any()
+    # no caption strip without captions
+    plain = render.mosaic(images[:2], maps[:2], None, tile=tile, gap=gap)
+    assert plain.shape == (2 * tile + 3 * gap + gap, 2 * tile + 3 * gap, 3)
+
+
+def test_mosaic_rejects_mismatched_lists():
+    img = np.zeros((4, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="as many maps as images"):
+        render.mosaic([img, img], [img])
+    with pytest.raises(ValueError, match="one caption per image"):
+        render.mosaic([img], [img], ["a", "b"])
+
+
+def test_fit_text_shortens_and_strips_non_ascii():
+    text, scale = render.fit_text("a very long class name that cannot fit anywhere", 60)
+    assert text.endswith("..")
+    assert cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= 60
+    assert render.fit_text("café", 200)[0] == "caf?"
+
+
+def test_encode_png_round_trip_and_deterministic():
+    rng = np.random.default_rng(0)
+    pic = rng.integers(0, 256, (17, 23, 3), dtype=np.uint8)
+    data = render.encode_png(pic)
+    assert data == render.encode_png(pic)
+    back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(back, pic)
