@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,27 +54,68 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _external_tensors(model: onnx.ModelProto):
-    from onnx.external_data_helper import _get_all_tensors, uses_external_data
+def _graph_tensors(graph: onnx.GraphProto):
+    """Every TensorProto a graph holds: initializers, sparse initializers, attribute tensors, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        yield from _node_tensors(node)
 
-    for tensor in _get_all_tensors(model):
-        if uses_external_data(tensor):
+
+def _node_tensors(node: onnx.NodeProto):
+    for attr in node.attribute:
+        if attr.HasField("t"):
+            yield attr.t
+        yield from attr.tensors
+        if attr.HasField("sparse_tensor"):
+            yield attr.sparse_tensor.values
+            yield attr.sparse_tensor.indices
+        for sparse in attr.sparse_tensors:
+            yield sparse.values
+            yield sparse.indices
+        if attr.HasField("g"):
+            yield from _graph_tensors(attr.g)
+        for sub in attr.graphs:
+            yield from _graph_tensors(sub)
+
+
+def _external_tensors(model: onnx.ModelProto):
+    """Tensors whose data lives in another file, wherever they sit in the model (functions too).
+
+    Walks more places than onnx's own helper (which skips sparse tensors), since onnxruntime
+    reads external data there as well.
+    """
+    tensors = list(_graph_tensors(model.graph))
+    for function in model.functions:
+        for node in function.node:
+            tensors.extend(_node_tensors(node))
+    for tensor in tensors:
+        if tensor.data_location == TensorProto.EXTERNAL or len(tensor.external_data) > 0:
             yield tensor
+
+
+def _external_entry(tensor: TensorProto, key: str) -> str | None:
+    return next((e.value for e in tensor.external_data if e.key == key), None)
 
 
 def check_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
     """Check that every external-data file resolves inside ``base_dir``; return the files.
 
-    Nothing is opened here: paths are checked as strings and with realpath, so a location that
-    escapes the folder (``..``, absolute, or a symlink leading out) is refused before any read.
+    No data file is opened here: locations are checked as strings, then with realpath and
+    stat, so a location that escapes the folder (``..``, an absolute path, a symbolic link
+    leading out, a hard link to a file elsewhere) is refused before anything reads it.
     """
     base = Path(os.path.realpath(base_dir))
     files: list[Path] = []
     for tensor in _external_tensors(model):
-        location = next((e.value for e in tensor.external_data if e.key == "location"), None)
+        location = _external_entry(tensor, "location")
         if not location:
             raise ModelError(f"tensor {tensor.name!r} uses external data without a location; the model file is damaged")
-        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location.split("/")[0]:
+        if "\x00" in location:
+            raise ModelError(f"external data location of tensor {tensor.name!r} holds a NUL character; the model file is damaged")
+        if os.path.isabs(location) or location.startswith(("/", "\\")) or ":" in location.replace("\\", "/").split("/")[0]:
             raise ModelError(
                 f"external data of tensor {tensor.name!r} has an absolute path {location!r}; "
                 "only files inside the model's folder are read"
@@ -87,15 +129,53 @@ def check_external_data(model: onnx.ModelProto, base_dir: Path) -> list[Path]:
         if target != base and base not in target.parents:
             raise ModelError(
                 f"external data of tensor {tensor.name!r} ({location!r}) resolves outside the model's folder "
-                "(a symbolic link?); refusing to read it"
+                "through a symbolic link; refusing to read it (copy the data file next to the model)"
             )
-        if not target.is_file():
+        try:
+            st = os.stat(target)
+        except OSError:
             raise ModelError(
                 f"external data file {location!r} of tensor {tensor.name!r} is missing; "
                 f"put it next to the model in {base_dir}"
+            ) from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"external data {location!r} of tensor {tensor.name!r} is not a regular file; refusing to read it")
+        if st.st_nlink > 1:
+            raise ModelError(
+                f"external data file {location!r} of tensor {tensor.name!r} has {st.st_nlink} hard links, so it may be a file "
+                "from outside the model's folder; refusing to read it (replace it with a plain copy)"
             )
+        _check_extent(tensor, location, st.st_size)
         files.append(target)
     return files
+
+
+def _check_extent(tensor: TensorProto, location: str, file_size: int) -> None:
+    """offset and length must be whole numbers that stay inside the data file."""
+    values = {}
+    for key in ("offset", "length"):
+        text = _external_entry(tensor, key)
+        if text is None:
+            continue
+        try:
+            values[key] = int(text)
+        except ValueError:
+            raise ModelError(f"external data {key} {text!r} of tensor {tensor.name!r} is not a number; the model file is damaged") from None
+        if values[key] < 0:
+            raise ModelError(f"external data {key} {values[key]} of tensor {tensor.name!r} is negative; the model file is damaged")
+    offset = values.get("offset", 0)
+    if "length" in values:
+        length = values["length"]
+    else:  # the tensor's own size
+        length = _ELEM_BYTES.get(tensor.data_type, 0)
+        for d in tensor.dims:
+            length *= max(int(d), 0)
+    end = offset + length
+    if end > file_size:
+        raise ModelError(
+            f"external data of tensor {tensor.name!r} asks for bytes {offset}..{end} of {location!r}, "
+            f"which holds {file_size}; the data file is truncated or does not belong to this model"
+        )
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
@@ -109,6 +189,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"model file {str(p)!r} does not exist; give the path to an .onnx file")
     if p.is_dir():
         raise ModelError(f"{str(p)!r} is a folder; give the path to an .onnx file inside it")
+    if not p.is_file():  # a FIFO or a device would block or never end
+        raise ModelError(f"{str(p)!r} is not a regular file; give the path to an .onnx file")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-like errors, ValueError...

@@ -249,8 +249,9 @@ def unique_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     return out
 
 
-def clean_stale_temp_files(folder: str | os.PathLike[str]) -> int:
-    """Remove temporary files left by an interrupted write in ``folder``; returns how many."""
+def clean_stale_temp_files(folder: str | os.PathLike[str], depth: int = 0) -> int:
+    """Remove temporary files left by an interrupted write in ``folder`` and, ``depth``
+    levels down, in its subfolders (hidden ones left out); returns how many."""
     removed = 0
     d = Path(folder)
     if not d.is_dir():
@@ -262,4 +263,6 @@ def clean_stale_temp_files(folder: str | os.PathLike[str]) -> int:
                 removed += 1
             except OSError:
                 pass
+        elif depth > 0 and not p.name.startswith(".") and p.is_dir() and not p.is_symlink():
+            removed += clean_stale_temp_files(p, depth - 1)
     return removed

@@ -186,8 +186,10 @@ class PFV:
 
     @property
     def default_size(self) -> tuple[int, int]:
+        """The static input size; for dynamic dims the metadata's ``input_size`` ("HxW"), else 224."""
         h, w = self.input_size
-        return (h or 224, w or 224)
+        hint = _size_hint(self.metadata.get("input_size", ""))
+        return (h or (hint[0] if hint else 224), w or (hint[1] if hint else 224))
 
     @property
     def provider(self) -> str:
@@ -419,6 +421,13 @@ class PFV:
         return self.decompose(passes, k=k, hierarchical=hierarchical, n_sigma=n_sigma, basis=basis)
 
 
+def _size_hint(text: str) -> tuple[int, int] | None:
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
+        return int(parts[0]), int(parts[1])
+    return None
+
+
 def _concat(arrays: list[Any]) -> Any:
     from .xp import array_module
 
@@ -445,7 +454,8 @@ def inspect(
     lay, how = _input_layout(proto, spec, _parse_layout(layout))
     a, b = lay.spatial_axes
     static = (spec.dims[a] if isinstance(spec.dims[a], int) else None, spec.dims[b] if isinstance(spec.dims[b], int) else None)
-    hw = tuple(size) if size else (static[0] or 224, static[1] or 224)
+    hint = _size_hint({m.key: m.value for m in proto.metadata_props}.get("input_size", "")) or (224, 224)
+    hw = tuple(size) if size else (static[0] or hint[0], static[1] or hint[1])
     analysis = surgery.analyse(
         proto, spec, hw, input_layout=lay, layer=layer, weight_layers=weight_layers, probe=_probe("cpu", path.parent)  # type: ignore[arg-type]
     )

@@ -67,7 +67,7 @@ def session_options(external_data_dir: Path | None = None, threads: int | None =
     ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # errors come back as exceptions (one line each); ORT would print them again
     if threads:
         so.intra_op_num_threads = threads
     if external_data_dir is not None:
@@ -115,7 +115,18 @@ class Session:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
+    import re
+
+    raw = str(exc)
+    newer = re.search(r"Opset (\d+) is under development.*?support for domain (\S+) is till opset (\d+)", raw, re.S)
+    if newer:  # a model stamped with an opset this onnxruntime does not know
+        return (
+            f"the model uses opset {newer[1]} of domain {newer[2]}, newer than this onnxruntime supports "
+            f"(up to opset {newer[3]}); upgrade onnxruntime or export the model with opset {newer[3]} or lower"
+        )
+    # onnxruntime puts its C++ source location and function signature before the reason
+    raw = re.sub(r"/onnxruntime_src/\S+:\d+ [^()]*\([^()]*\)( const)?\s*", "", raw)
+    text = raw.strip().splitlines()
     return text[0][:400] if text else type(exc).__name__
 
 
@@ -141,7 +152,7 @@ def create_session(
             sess = ort.InferenceSession(source, so, providers=providers)
     except Exception as exc:
         msg = _first_line(exc)
-        if "opset" in msg.lower() or "Opset" in msg:
+        if ("opset" in msg.lower() or "Opset" in msg) and "upgrade onnxruntime" not in msg:
             raise ModelError(f"onnxruntime cannot load the model: {msg}; upgrade onnxruntime or export with a lower opset") from exc
         raise ModelError(f"onnxruntime cannot load the model: {msg}") from exc
     active = "cuda" if CUDA in sess.get_providers() else "cpu"

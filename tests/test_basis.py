@@ -99,6 +99,22 @@ def test_directions_are_the_leading_eigenvectors_of_the_pooled_covariance(case, 
     assert np.all((P**3).sum(axis=0) > 0)
 
 
+@pytest.mark.parametrize("name", ["linear_probe", "tf2onnx_nhwc", "fixed1", "resnet"])
+def test_fit_on_other_layouts_and_graphs(save_model, name):
+    """No weighting map, an NHWC graph, a fixed batch of one, residual blocks."""
+    c = graphs.linear_probe() if name == "linear_probe" else graphs.case(name)
+    fit_pfv = PFV(save_model(c.model, c.name), provider="cpu")
+    batch = c.batch(7, seed=2)
+    got = B.fit(fit_pfv, batch, k=2, batch_size=3)
+    X = _rows(graphs.case_maps(c, batch)[c.expected_decomposed])
+    vals, vecs = np.linalg.eigh(np.cov(X, rowvar=False))
+    np.testing.assert_allclose(got.eigenvalues, vals[::-1][:2], rtol=1e-4)
+    np.testing.assert_allclose(np.abs(np.sum(got.directions * vecs[:, ::-1][:, :2], axis=0)), 1.0, atol=1e-5)
+    assert got.tensors == c.all_expected and len(got.weight_peaks) == len(c.expected_weighting)
+    alone = fit_pfv.explain(batch[1:2], basis=got, hierarchical=True).rgb[0]
+    np.testing.assert_allclose(fit_pfv.explain(batch[:3], basis=got, hierarchical=True).rgb[1], alone, atol=1e-5)
+
+
 def test_weighting_peaks_are_the_maxima_over_all_images(case, maps, fitted):
     want = [s.max() for s in _sums(case, maps)]
     np.testing.assert_allclose(fitted.weight_peaks, want, rtol=1e-5)

@@ -8,7 +8,6 @@ the extra to install, which is checked without Ray.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -86,10 +85,11 @@ def test_ray_fit_equals_single_process_fit(ray_cluster, tmp_path, case, model, c
         paths.append(str(p))
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
-    common = [model, *paths, str(bad), "--batch-size", "4", "-q", "--provider", "cpu"]
-    assert main(["fit", *common, "-o", str(tmp_path / "local.npz")]) == 1  # 1: a file failed
-    assert main(["fit", *common, "-o", str(tmp_path / "ray.npz"), "--ray", "--actors", "2"]) == 1
-    assert "bad.png" in capsys.readouterr().err
+    common = [model, *paths, str(bad), "--batch-size", "4", "--provider", "cpu"]
+    for out, extra in (("local.npz", []), ("ray.npz", ["--ray", "--actors", "2"])):
+        capsys.readouterr()
+        assert main(["fit", *common, "-o", str(tmp_path / out), *extra]) == 1  # 1: a file failed
+        assert "failed: " + str(bad) in capsys.readouterr().err
     files_local, files_on_ray = B.load(tmp_path / "local.npz"), B.load(tmp_path / "ray.npz")
     assert files_local.n_images == 9
     _assert_same_basis(files_on_ray, files_local)

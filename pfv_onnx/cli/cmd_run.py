@@ -30,6 +30,7 @@ CACHE_BYTES = 512 << 20  # decoded originals kept per group for rendering; the r
 REPORT = "report.json"
 NPZ = "pfv.npz"
 MOSAIC = "mosaic.png"
+REPORT_HTML = "report.html"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +41,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _args.add_preprocessing_options(parser)
     _args.add_runtime_options(parser)
     parser.add_argument("--basis", metavar="BASIS.npz", help="project onto a basis from 'pfv-onnx fit': the same colours in every group and run")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo every image; by default a run started again with the same arguments keeps the groups "
+        "an interrupted run in OUTDIR finished, and finds a complete one done",
+    )
+    parser.add_argument(
+        "--group-by",
+        choices=("class",),
+        help="class: one decomposition per predicted class (argmax of the model's first class-score output), "
+        "so colours contrast the features within a class",
+    )
+    parser.add_argument("--no-html", action="store_true", help=f"do not write the page OUTDIR/{REPORT_HTML}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,12 +105,12 @@ def _one_line(text: str) -> str:
     return " ".join(text.split()) or "unknown error"
 
 
-def _prefetch(pool: Any, files: Sequence[Path], prep: Preprocessing, max_pixels: int, window: int) -> Iterator[_Loaded]:
-    """Decode in the pool, ``window`` files ahead, and yield the results in input order."""
+def _prefetch(pool: Any, files: Sequence[Path], prep: Preprocessing, max_pixels: int, window: int, start: int = 0) -> Iterator[_Loaded]:
+    """Decode in the pool, ``window`` files ahead, and yield the results in input order (from ``files[start]``)."""
     from collections import deque
 
     pending: deque[Any] = deque()
-    nxt = 0
+    nxt = start
     while nxt < len(files) or pending:
         while nxt < len(files) and len(pending) < window:
             pending.append(pool.submit(_load, nxt, files[nxt], prep, max_pixels))
@@ -205,6 +219,7 @@ def _render_one(
     alpha: float,
     max_pixels: int,
     want_tiles: bool,
+    thumbs: bool = False,
 ) -> tuple[dict[str, str], tuple[np.ndarray, np.ndarray] | None]:
     from .. import render
     from ..inputs import crop_box, decode_image
@@ -219,6 +234,10 @@ def _render_one(
     files = {"map": f"{name}.pfv.png", "overlay": f"{name}.overlay.png"}
     atomic_write_bytes(outdir / files["map"], render.encode_png(pic))
     atomic_write_bytes(outdir / files["overlay"], render.encode_png(over))
+    if thumbs:  # the page's gallery pictures, while the full-size ones are in memory
+        from ..html_report import write_thumbnails
+
+        files.update(write_thumbnails(outdir, name, image.bgr, pic, over))
     tiles = None
     if want_tiles:
         x0, y0, x1, y1 = box
@@ -268,6 +287,9 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     fitted, basis_notes = load_for_run(getattr(args, "basis", None), pfv, prep.to_dict(), args.k)
     labels, labels_source = _args.read_labels(args.labels, pfv)
     chunk = args.batch_size
+    by_class = getattr(args, "group_by", None) == "class"
+    if by_class and args.group_size:
+        raise InputError("--group-by class and --group-size cannot be combined: a class group holds all its images")
     group_size = args.group_size or len(files)
     names = unique_names(files)
 
@@ -276,7 +298,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {outdir}: {exc.strerror or exc}") from None
-    clean_stale_temp_files(outdir)
+    clean_stale_temp_files(outdir, depth=2)  # and in the page's folders (report_files/thumbs, ...)
 
     report: dict[str, Any] = {
         "pfv_onnx_version": __version__,
@@ -303,6 +325,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
             "batch_size": chunk,
             "group_size": args.group_size,
             "basis": getattr(args, "basis", None),
+            "group_by": getattr(args, "group_by", None),
             "groups": 0,
         },
         "preprocessing": {**prep.to_dict(), "notes": prep_notes, "max_pixels": args.max_pixels},
@@ -314,6 +337,20 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         "timings": timings,
         "notes": list(basis_notes),
     }
+    from . import _progress
+
+    run_fp = _progress.fingerprint(
+        report, files,
+        {"alpha": args.alpha, "labels": labels, "basis_sha256": _progress.file_digest(getattr(args, "basis", None)),
+         "html": not getattr(args, "no_html", False)},
+    )  # fmt: skip
+    progress = _progress.Progress(outdir, run_fp, overwrite=bool(getattr(args, "overwrite", False)))
+    report["resume"] = {"fingerprint": run_fp, "groups_reused": 0}
+    earlier = progress.completed(REPORT)
+    if earlier is not None:  # the same run is already complete in outdir: nothing to redo
+        if not args.quiet:
+            print(f"all {len(earlier.get('images') or [])} images already done in {outdir}{os.sep} (--overwrite redoes them)", file=sys.stderr)
+        return 1 if earlier.get("failures") else 0
 
     from tqdm import tqdm
 
@@ -329,22 +366,47 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     feature_maps: list[str] | None = None
     row = 0
     pred_output: str | None = None
+    restored = progress.restore()
+    for saved in restored:  # complete groups of an interrupted run with the same arguments
+        for key, val in saved.arrays.items():
+            spool.append(key, val)
+        failures.extend(saved.failures)
+        if feature_maps is None:
+            feature_maps, report["feature_maps"] = list(saved.feature_maps), list(saved.map_records)
+        if saved.pred_output is not None:
+            pred_output = saved.pred_output
+            if pred_classes is None and f"output/{pred_output}" in saved.arrays:
+                pred_classes = int(np.prod(saved.arrays[f"output/{pred_output}"].shape[1:]))
+        tiles.extend(saved.tiles[: max(0, MOSAIC_MAX - len(tiles))])
+        group_rows.extend([saved.index] * len(saved.files))
+        file_rows.extend(saved.files)
+        eigen_rows.append(np.asarray(saved.eigenvalues, dtype=np.float64))
+        evr_rows.append(np.asarray(saved.explained_variance_ratio, dtype=np.float64))
+        row += len(saved.files)
+        report["images"].extend(saved.images)
+        report["groups"].append(saved.group)
+        bar.update(saved.end - (restored[saved.index - 1].end if saved.index else 0))
+    report["resume"]["groups_reused"] = len(restored)
+    consumed_end = restored[-1].end if restored else 0
 
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pfv-io") as pool:
-        loader = _prefetch(pool, files, prep, args.max_pixels, window=max(2 * chunk, 2 * workers))
+        loader = _prefetch(pool, files, prep, args.max_pixels, window=max(2 * chunk, 2 * workers), start=consumed_end)
         try:
-            g = -1
+            g = len(restored) - 1
             exhausted = False
-            while not exhausted:
+            queued: list[tuple[list[_Loaded], list[Any], dict[str, Any] | None]] = []  # --group-by class: groups to do
+            while not exhausted or queued:
+                group_start, failures_mark, tiles_mark = consumed_end, len(failures), len(tiles)
                 ok: list[_Loaded] = []
                 passes = []
                 pending: list[_Loaded] = []
                 cached = 0
-                while len(ok) < group_size:  # a group is the next group_size images that decode
+                while not queued and len(ok) < group_size:  # a group is the next group_size images that decode
                     item = next(loader, None)
                     if item is None:
                         exhausted = True
                         break
+                    consumed_end = item.index + 1
                     timings["decode_s"] += item.seconds
                     if item.error is not None:
                         failures.append({"file": str(item.path), "reason": item.error})
@@ -370,6 +432,11 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                     timings["forward_s"] += time.perf_counter() - t0
                     bar.update(len(pending))
                     pending = []
+                if by_class and ok:
+                    queued = split_by_class(ok, passes, labels, getattr(pfv, "output_names", None))
+                group_class = None
+                if queued:
+                    ok, passes, group_class = queued.pop(0)
                 if not ok:
                     break
                 g += 1
@@ -391,7 +458,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                     futures.append(
                         pool.submit(
                             _render_one, outdir, names[item.index], np.asarray(res.rgb[j]), item.image,
-                            item.path, prep, args.alpha, args.max_pixels, want,
+                            item.path, prep, args.alpha, args.max_pixels, want, not getattr(args, "no_html", False),
                         )
                     )  # fmt: skip
                 group_images = []
@@ -438,8 +505,23 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                         "images": len(ok),
                         "eigenvalues": res.eigenvalues,
                         "explained_variance_ratio": res.explained_variance_ratio,
+                        **({"class": group_class} if group_class is not None else {}),
                     }
                 )
+                if consumed_end < len(files) and not queued:  # the last group needs no saving: the final files follow
+                    progress.save(
+                        _progress.SavedGroup(
+                            index=g, end=consumed_end, images=group_images, failures=failures[failures_mark:],
+                            group=report["groups"][-1], files=[str(it.path) for it in ok],
+                            arrays={"rgb": np.asarray(res.rgb, dtype=np.float32), "components": np.asarray(res.components, dtype=np.float32),
+                                    **{f"output/{k}": np.asarray(v) for k, v in res.outputs.items()}},
+                            eigenvalues=np.asarray(res.eigenvalues, dtype=np.float64),
+                            explained_variance_ratio=np.asarray(res.explained_variance_ratio, dtype=np.float64),
+                            tiles=tiles[tiles_mark:], feature_maps=list(feature_maps or []),
+                            map_records=list(report["feature_maps"]), pred_output=pred_output,
+                        ),
+                        start=group_start,
+                    )  # fmt: skip
                 timings["total_s"] = time.perf_counter() - t_start
                 write_json(outdir / REPORT, report)  # progress so far, replaced at the end
         except BaseException:
@@ -479,8 +561,15 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         report["notes"].append(f"{len(labels)} labels for {pred_classes} classes: labels not used")
     report["pfv"]["groups"] = len(report["groups"])
     report["status"] = "complete"
+    if not getattr(args, "no_html", False):
+        report["outputs"]["html"] = REPORT_HTML
     timings["total_s"] = time.perf_counter() - t_start
     write_json(outdir / REPORT, report)
+    if not getattr(args, "no_html", False):
+        from ..html_report import write_report
+
+        write_report(outdir)
+    progress.finish()
 
     if not args.quiet:
         done = row
@@ -504,3 +593,46 @@ def _map_record(m: Any) -> dict[str, Any]:
         "role": str(getattr(getattr(m, "role", None), "value", getattr(m, "role", None))),
         "reason": getattr(m, "reason", ""),
     }
+
+
+def split_by_class(loaded: list[Any], passes: list[Any], labels: Sequence[str] | None, order: Sequence[str] | None) -> list[tuple[list[Any], list[Any], dict[str, Any]]]:
+    """``--group-by class``: the images and their forward passes split by predicted class.
+
+    The class is the argmax of the model's first output shaped (N, classes) (see
+    :func:`predictions`). Returns ``(images, passes, {"class", "label"})`` per class, the
+    largest class first (ties: the lower class index); images keep their order.
+    """
+    import numpy as np
+
+    from ..errors import InputError
+    from ..pipeline import ForwardPass
+    from ..xp import array_module
+
+    outputs = {name: np.concatenate([p.outputs[name] for p in passes]) for name in passes[0].outputs}
+    preds, _ = predictions(outputs, len(loaded), labels, order)
+    if any(p is None for p in preds):
+        raise InputError("--group-by class needs a model output of finite class scores shaped (N, classes); this model has none")
+    classes = np.array([int(p["class"]) for p in preds])  # type: ignore[index]
+    starts = np.cumsum([0] + [p.n for p in passes])
+    found, counts = np.unique(classes, return_counts=True)
+    groups = []
+    for c in found[np.argsort(-counts, kind="stable")]:
+        rows = np.flatnonzero(classes == c)
+        sliced = []
+        for p, s0, s1 in zip(passes, starts[:-1], starts[1:]):
+            local = rows[(rows >= s0) & (rows < s1)] - s0
+            if local.size == 0:
+                continue
+            xp = array_module(p.decomposed)
+            idx = xp.asarray(local)
+            sliced.append(
+                ForwardPass(
+                    decomposed=p.decomposed[idx],
+                    weights=[w[array_module(w).asarray(local)] for w in p.weights],
+                    outputs={k: v[local] for k, v in p.outputs.items()},
+                    input_hw=p.input_hw,
+                )
+            )
+        label = preds[int(rows[0])].get("label")  # type: ignore[union-attr]
+        groups.append(([loaded[i] for i in rows], sliced, {"class": int(c), "label": label}))
+    return groups

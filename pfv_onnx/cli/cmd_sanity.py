@@ -51,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _args.add_pfv_options(parser)
     _args.add_preprocessing_options(parser)
     _args.add_runtime_options(parser, batching=False)
+    parser.add_argument("--no-html", action="store_true", help="do not write the page OUTDIR/report.html")
     parser.add_argument(
         "--batch-size",
         type=_args.positive_int,
@@ -197,6 +198,10 @@ def run(args: argparse.Namespace) -> int:
         },
     }
     write_json(outdir / SANITY_JSON, record)
+    if not getattr(args, "no_html", False):
+        from ..html_report import write_report
+
+        write_report(outdir)
 
     if not args.quiet:
         print(f"{n} image{'s' if n != 1 else ''}, {len(result.randomisation.weights)} weight tensors re-drawn (seed {args.seed})")

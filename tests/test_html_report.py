@@ -1,0 +1,609 @@
+"""The run's page, OUTDIR/report.html: its structure, the numbers it shows, and a real browser.
+
+The structure tests parse the page with :mod:`html.parser` and check it against report.json,
+sanity.json and pfv.npz, with the expected values computed here in plain NumPy. The browser
+test loads the page from file:// in headless Chromium (Debian's ``chromium`` package),
+talking the DevTools protocol over a pipe (standard library only), and checks that every
+picture decoded and painted; it is skipped only when Chromium is not installed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import json
+import math
+import os
+import select
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+import graphs
+from pfv_onnx.cli import main
+from pfv_onnx.html_report import PATCH_CELLS, PATCHES, patch_box, select_patches, spectrum_svg, write_report
+
+LABELS = [f"thing {i}" for i in range(10)]
+ODD_NAME = "odd #1 & <b> é.png"  # characters that need escaping in HTML and quoting in URLs
+
+
+# --------------------------------------------------------------------------- a parsed page
+
+
+class Page(html.parser.HTMLParser):
+    """The elements of a page as (tag, attributes, ancestors' tags with their classes)."""
+
+    def __init__(self, text: str):
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, dict[str, str], list[tuple[str, str]]]] = []
+        self.stack: list[tuple[str, str]] = []
+        self.text_parts: list[str] = []
+        self.feed(text)
+        self.close()
+
+    VOID = {"img", "br", "meta", "link", "input", "hr", "rect", "line"}
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: (v or "") for k, v in attrs}
+        self.elements.append((tag, a, list(self.stack)))
+        if tag not in self.VOID:
+            self.stack.append((tag, a.get("class", "")))
+
+    def handle_startendtag(self, tag, attrs):
+        a = {k: (v or "") for k, v in attrs}
+        self.elements.append((tag, a, list(self.stack)))
+
+    def handle_endtag(self, tag):
+        for i in range(len(self.stack) - 1, -1, -1):
+            if self.stack[i][0] == tag:
+                del self.stack[i:]
+                break
+
+    def handle_data(self, data):
+        self.text_parts.append(data)
+
+    @property
+    def text(self) -> str:
+        return " ".join(" ".join(self.text_parts).split())
+
+    def find(self, tag: str, cls: str | None = None, **attrs: str) -> list[dict[str, str]]:
+        out = []
+        for t, a, _ in self.elements:
+            if t != tag or (cls is not None and cls not in a.get("class", "").split()):
+                continue
+            if all(a.get(k.replace("_", "-")) == v for k, v in attrs.items()):
+                out.append(a)
+        return out
+
+    def inside(self, tag: str, ancestor_cls: str) -> list[dict[str, str]]:
+        return [a for t, a, anc in self.elements if t == tag and any(ancestor_cls in c.split() for _, c in anc)]
+
+
+def _page(out: Path) -> Page:
+    return Page((out / "report.html").read_text(encoding="utf-8"))
+
+
+def _local(out: Path, url: str) -> Path:
+    assert not urllib.parse.urlsplit(url).scheme, f"not a relative reference: {url}"
+    assert not url.startswith("/"), url
+    return out / urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """Five pictures of different sizes and aspects (one with an awkward name), one text file
+    with an image's name and a truncated JPEG."""
+    d = tmp_path_factory.mktemp("pictures")
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:48, 0:64]
+    base = np.stack([xx * 4, yy * 5, (xx + yy) * 2], axis=-1).astype(np.uint8)
+    shapes = {"disc.png": (48, 64), "wide.png": (40, 90), "tall.jpg": (80, 36), "noise.png": (50, 50), ODD_NAME: (44, 60)}
+    for i, (name, (h, w)) in enumerate(shapes.items()):
+        pic = cv2.resize(base, (w, h))
+        pic = cv2.add(pic, rng.integers(0, 60, pic.shape, dtype=np.uint8))
+        cv2.circle(pic, (w // (2 + i % 3), h // 2), min(h, w) // 5, (255, 255, 255), -1)
+        ok, data = cv2.imencode(Path(name).suffix, pic)
+        (d / name).write_bytes(data.tobytes())
+    (d / "broken.png").write_text("this is not a picture\n")
+    ok, jpg = cv2.imencode(".jpg", base)
+    (d / "cut.jpg").write_bytes(jpg.tobytes()[: len(jpg) // 2])
+    return d
+
+
+@pytest.fixture(scope="module")
+def vgg_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "vgg.onnx"
+    onnx.save(graphs.vgg().model, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def labels_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("labels") / "labels.txt"
+    path.write_text("\n".join(LABELS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(image_folder, vgg_model, labels_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "out"
+    assert main(["run", str(vgg_model), str(image_folder), "-o", str(out), "-q", "--labels", str(labels_file)]) == 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def class_dir(image_folder, vgg_model, labels_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("classes") / "out"
+    code = main(["run", str(vgg_model), str(image_folder), "-o", str(out), "-q", "--labels", str(labels_file), "--group-by", "class"])
+    assert code == 1
+    return out
+
+
+def _report(out: Path) -> dict:
+    return json.loads((out / "report.json").read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- structure
+
+
+def test_every_referenced_picture_exists_and_decodes(run_dir):
+    page = _page(run_dir)
+    refs = [a["src"] for a in page.find("img")]
+    refs += [a["href"] for a in page.find("a") if a.get("href") and not a["href"].startswith("#")]
+    assert len(refs) > 20
+    for ref in refs:
+        path = _local(run_dir, ref)
+        assert path.is_file(), ref
+        assert path.resolve().is_relative_to(run_dir.resolve()), ref  # the folder can be zipped and moved
+        if path.suffix in (".png", ".jpg"):
+            assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None, ref
+
+
+def test_page_is_offline_and_self_contained(run_dir):
+    text = (run_dir / "report.html").read_text(encoding="utf-8")
+    page = Page(text)
+    assert not page.find("script") and not page.find("link") and not page.find("iframe")
+    assert "http://" not in text and "https://" not in text.replace("https://doi", "")
+    assert "@import" not in text and "url(" not in text  # no stylesheet or font fetched from anywhere
+    ids = {a["id"] for _, a, _ in page.elements if "id" in a}
+    for a in page.find("a"):
+        if a.get("href", "").startswith("#"):
+            assert a["href"][1:] in ids, a["href"]
+
+
+def test_every_input_has_a_gallery_entry(run_dir, image_folder):
+    report = _report(run_dir)
+    page = _page(run_dir)
+    cards = page.find("article", "card")
+    assert sorted(c["data-file"] for c in cards) == sorted(str(image_folder / n) for n in ["disc.png", "wide.png", "tall.jpg", "noise.png", ODD_NAME])
+    assert sorted(c["data-file"] for c in cards) == sorted(im["file"] for im in report["images"])
+    for c in cards:  # image, map and overlay
+        pics = [a for a in page.inside("img", "card") if a["src"]]
+        assert len(pics) == 3 * len(cards)
+    assert ODD_NAME in page.text  # shown as text, escaped in the source
+    assert "&lt;b&gt;" in (run_dir / "report.html").read_text(encoding="utf-8")
+    for im in report["images"]:  # the top class and its score, as report.json has them
+        pred = im["prediction"]
+        assert f"{pred['label']} {100 * pred['score']:.1f} %" in page.text
+
+
+def test_gallery_thumbnails_show_the_run_pictures(run_dir):
+    """The thumbnails are the map and overlay PNGs, shrunk: compared at the thumbnail's size."""
+    for im in _report(run_dir)["images"]:
+        for kind in ("map", "overlay"):
+            full = cv2.imread(str(run_dir / im["outputs"][kind]))
+            thumb = cv2.imread(str(run_dir / im["outputs"][f"thumb_{kind}"]))
+            assert thumb.shape == full.shape  # small images stay at their size
+            assert np.abs(thumb.astype(float) - full.astype(float)).mean() < 8.0  # JPEG loss on noisy test pictures
+
+
+def test_failures_are_listed_with_reasons(run_dir, image_folder):
+    page = _page(run_dir)
+    rows = page.inside("tr", "failures")
+    assert sorted(r["data-file"] for r in rows) == sorted(str(image_folder / n) for n in ["broken.png", "cut.jpg"])
+    for f in _report(run_dir)["failures"]:
+        assert f["reason"] in page.text
+
+
+def test_header_names_model_maps_preprocessing_and_version(run_dir, vgg_model):
+    report = _report(run_dir)
+    page = _page(run_dir)
+    assert page.find("h1")[0]["title"] == str(vgg_model.resolve())
+    assert report["model"]["sha256"][:16] in page.text
+    for fm in report["feature_maps"]:
+        assert fm["name"] in page.text and fm["reason"] in page.text
+    assert f"pfv-onnx {report['pfv_onnx_version']}" in page.text
+    assert report["preprocessing"]["preset"] in page.text
+
+
+def test_legend_has_k_entries(run_dir):
+    page = _page(run_dir)
+    legends = page.find("div", "legend")
+    assert len(legends) == len(_report(run_dir)["groups"]) == 1
+    assert legends[0]["data-components"] == "3"
+    assert [a["data-component"] for a in page.find("div", "comp") if "data-component" in a] == ["1", "2", "3"]
+
+
+def test_legend_k4_names_the_fourth_component(image_folder, vgg_model, tmp_path):
+    out = tmp_path / "k4"
+    main(["run", str(vgg_model), str(image_folder), "-o", str(out), "-q", "--k", "4"])
+    page = _page(out)
+    assert page.find("div", "legend")[0]["data-components"] == "4"
+    assert "Not drawn" in page.text
+    assert len(page.find("rect", "bar")) == 4
+
+
+def test_legend_patches_are_the_extremes_of_the_components(run_dir):
+    """Rows and cells of the patches against an argmax/argmin over pfv.npz written here."""
+    with np.load(run_dir / "pfv.npz") as z:
+        comps = z["components"]
+    page = _page(run_dir)
+    n, k, h, w = comps.shape
+    for c in range(k):
+        for side, sign in (("pos", 1.0), ("neg", -1.0)):
+            v = sign * comps[:, c].astype(np.float64)
+            got = page.find("a", "patch", data_component=str(c + 1), data_side=side)
+            assert len(got) == PATCHES
+            per_image = v.reshape(n, -1).max(axis=1)
+            top_images = list(np.argsort(-per_image, kind="stable")[: min(n, PATCHES)])
+            assert [int(a["data-row"]) for a in got[: len(top_images)]] == top_images
+            for a in got[: len(top_images)]:
+                row = int(a["data-row"])
+                y, x = divmod(int(v[row].argmax()), w)
+                assert a["data-cell"] == f"{y},{x}"
+                assert math.isclose(float(a["data-value"]), float(comps[row, c, y, x]), rel_tol=1e-5, abs_tol=1e-6)
+
+
+def test_legend_patch_is_the_image_under_its_cell(run_dir):
+    """The saved patch against a crop made here: the cell's centre +- one cell, stretched resize."""
+    report = _report(run_dir)
+    page = _page(run_dir)
+    with np.load(run_dir / "pfv.npz") as z:
+        gh, gw = z["components"].shape[2:]
+    by_row = {im["row"]: im for im in report["images"]}
+    first = page.find("a", "patch")[0]
+    img_src = [a["src"] for a in page.find("img") if a["src"].startswith("report_files/legend/")][0]
+    im = by_row[int(first["data-row"])]
+    y, x = (int(v) for v in first["data-cell"].split(","))
+    original = cv2.imread(im["file"], cv2.IMREAD_COLOR)
+    H, W = original.shape[:2]
+    cw, ch = W / gw, H / gh
+    x0 = min(max((x + 0.5) * cw - cw, 0.0), W - 2 * cw)
+    y0 = min(max((y + 0.5) * ch - ch, 0.0), H - 2 * ch)
+    crop = original[int(np.floor(y0 + 1e-9)) : int(np.ceil(y0 + 2 * ch - 1e-9)), int(np.floor(x0 + 1e-9)) : int(np.ceil(x0 + 2 * cw - 1e-9))]
+    saved = cv2.imread(str(_local(run_dir, img_src)))
+    expected = cv2.resize(crop, saved.shape[1::-1], interpolation=cv2.INTER_LINEAR)
+    assert np.abs(saved.astype(float) - expected.astype(float)).mean() < 2.0
+
+
+def test_patch_box_by_hand():
+    # a 4x4 map over a 400 x 200 image: cells of 100 x 50 px
+    assert patch_box(1, 2, (4, 4), (0, 0, 400, 200), (200, 400)) == (150, 25, 350, 125)
+    assert patch_box(0, 0, (4, 4), (0, 0, 400, 200), (200, 400)) == (0, 0, 200, 100)  # moved inside
+    assert patch_box(3, 3, (4, 4), (0, 0, 400, 200), (200, 400)) == (200, 100, 400, 200)
+    # centre crop: the model saw x 100..300 of the 400 x 200 image, a 2x2 map: cells of 100 x 100
+    assert patch_box(0, 0, (2, 2), (100, 0, 300, 200), (200, 400)) == (50, 0, 250, 200)
+    assert patch_box(1, 1, (2, 2), (100, 0, 300, 200), (200, 400)) == (150, 0, 350, 200)
+    assert PATCH_CELLS == 2.0
+
+
+def test_select_patches_properties():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(9, 5, 6))
+    top = select_patches(v, 6, +1)
+    per_image = v.reshape(9, -1).max(axis=1)
+    assert [p.index for p in top] == list(np.argsort(-per_image)[:6])  # one per image, strongest first
+    assert all(math.isclose(p.value, v[p.index, p.y, p.x]) for p in top)
+    low = select_patches(v, 6, -1)
+    assert [p.index for p in low] == list(np.argsort(v.reshape(9, -1).min(axis=1))[:6])
+    assert all(p.value < 0 for p in low)
+    # two images: four more places, each two cells or more from the others in its image, by value
+    few = select_patches(v[:2], 6, +1)
+    assert len(few) == 6 and {p.index for p in few} == {0, 1}
+    for i, p in enumerate(few):
+        for q in few[:i]:
+            assert p.index != q.index or max(abs(p.y - q.y), abs(p.x - q.x)) >= 2
+    assert [p.value for p in few[2:]] == sorted((p.value for p in few[2:]), reverse=True)
+    # only the places on the asked side count
+    assert select_patches(np.abs(v) + 0.1, 6, -1) == []
+
+
+def test_spectrum_bars_follow_the_ratios():
+    ratios = [0.3, 0.15, 0.05]
+    svg = Page(spectrum_svg(ratios, channels=16))
+    bars = svg.find("rect", "bar")
+    heights = np.array([float(b["height"]) for b in bars])
+    assert np.allclose(heights / heights[0], np.array(ratios) / ratios[0], rtol=1e-3)
+    assert [b["fill"] for b in bars] == ["rgb(232,35,35)", "rgb(22,178,60)", "rgb(35,95,240)"]
+    assert "Together 50.0 %" in svg.text and "other 13 components hold 50.0 %" in svg.text
+
+
+def test_group_by_class_one_decomposition_per_class(class_dir, image_folder, vgg_model, labels_file, tmp_path):
+    report = _report(class_dir)
+    groups = report["groups"]
+    assert report["pfv"]["group_by"] == "class"
+    with np.load(class_dir / "pfv.npz") as z:
+        rgb, rows_group = z["rgb"], z["group"]
+    counts = [g["images"] for g in groups]
+    assert counts == sorted(counts, reverse=True)
+    page = _page(class_dir)
+    sections = page.find("section", "group")
+    assert len(sections) == len(groups) and len(page.find("div", "legend")) == len(groups)
+    for grp in groups:
+        members = [im for im in report["images"] if im["group"] == grp["index"]]
+        assert {im["prediction"]["class"] for im in members} == {grp["class"]["class"]}
+        assert grp["class"]["label"] in page.text
+        # the same images run on their own give the same maps
+        alone = tmp_path / f"alone{grp['index']}"
+        main(["run", str(vgg_model), *[im["file"] for im in members], "-o", str(alone), "-q"])
+        with np.load(alone / "pfv.npz") as z:
+            expected = z["rgb"]
+        got = rgb[[im["row"] for im in members]]
+        assert np.allclose(got, expected, atol=1e-5)
+        assert all(rows_group[im["row"]] == grp["index"] for im in members)
+
+
+def test_group_by_class_refuses_group_size(image_folder, vgg_model, tmp_path, capsys):
+    code = main(["run", str(vgg_model), str(image_folder), "-o", str(tmp_path / "o"), "--group-by", "class", "--group-size", "2"])
+    assert code == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "--group-size" in err[0]
+
+
+def test_no_html_writes_no_page(image_folder, vgg_model, tmp_path):
+    out = tmp_path / "plain"
+    main(["run", str(vgg_model), str(image_folder / "disc.png"), "-o", str(out), "-q", "--no-html"])
+    assert (out / "report.json").is_file()
+    assert not (out / "report.html").exists() and not (out / "report_files").exists()
+    assert "html" not in _report(out)["outputs"]
+    # the page can still be made afterwards from what the run left
+    write_report(out)
+    page = _page(out)
+    for a in page.find("img"):
+        assert cv2.imread(str(_local(out, a["src"]))) is not None
+
+
+def test_page_moves_with_its_folder(run_dir, tmp_path):
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(run_dir, moved)
+    shutil.rmtree(run_dir / "report_files", ignore_errors=False)
+    try:
+        for a in _page(moved).find("img"):
+            assert _local(moved, a["src"]).is_file()
+    finally:
+        shutil.copytree(moved / "report_files", run_dir / "report_files")
+
+
+def test_sanity_section(image_folder, vgg_model, labels_file, tmp_path):
+    out = tmp_path / "both"
+    main(["run", str(vgg_model), str(image_folder), "-o", str(out), "-q", "--labels", str(labels_file)])
+    main(["sanity", str(vgg_model), str(image_folder), "-o", str(out), "-q"])
+    sanity = json.loads((out / "sanity.json").read_text())
+    page = _page(out)
+    assert page.find("section", id="sanity") and page.find("section", "group")  # the run's gallery stays
+    tvr = sanity["trained_vs_randomised"]
+    assert f"{tvr['spearman']:.2f}" in page.text and f"{tvr['ssim']:.2f}" in page.text
+    assert ("passed" if sanity["passed"] else "failed") in page.text
+    pics = [a["src"] for a in page.find("img") if "sanity" in a["src"]]
+    assert pics == ["sanity.png"] and cv2.imread(str(out / "sanity.png")) is not None
+
+
+def test_sanity_alone_makes_a_page(image_folder, vgg_model, tmp_path):
+    out = tmp_path / "sanity-only"
+    main(["sanity", str(vgg_model), str(image_folder), "-o", str(out), "-q"])
+    page = _page(out)
+    assert page.find("section", id="sanity") and not page.find("section", "group")
+    assert len(page.inside("tr", "failures")) == 2
+    main(["sanity", str(vgg_model), str(image_folder / "disc.png"), "-o", str(tmp_path / "quiet"), "-q", "--no-html"])
+    assert not (tmp_path / "quiet" / "report.html").exists()
+
+
+def test_basis_section(image_folder, vgg_model, tmp_path):
+    basis = tmp_path / "basis.npz"
+    assert main(["fit", str(vgg_model), str(image_folder), "-o", str(basis), "-q"]) in (0, 1)
+    out = tmp_path / "with-basis"
+    main(["run", str(vgg_model), str(image_folder), "-o", str(out), "-q", "--basis", str(basis)])
+    page = _page(out)
+    assert page.find("section", id="basis")
+    assert "fitted on 5 images" in page.text
+    assert str(basis) in page.text
+
+
+def test_no_report_is_a_clear_error(tmp_path):
+    from pfv_onnx.errors import InputError
+
+    with pytest.raises(InputError, match="neither report.json nor sanity.json"):
+        write_report(tmp_path)
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
+class Chromium:
+    """Headless Chromium driven through the DevTools protocol over a pipe (fds 3 and 4)."""
+
+    def __init__(self, binary: str):
+        to_r, to_w = os.pipe()
+        from_r, from_w = os.pipe()
+        self.profile = tempfile.mkdtemp(prefix="pfv-chromium-")
+        cmd = [binary, *CHROMIUM_FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-pipe", "about:blank"]
+        # the shell puts the pipe ends on the fds Chromium expects
+        self.proc = subprocess.Popen(
+            ["/bin/sh", "-c", f'exec "$0" "$@" 3<&{to_r} 4>&{from_w}', *cmd],
+            pass_fds=(to_r, from_w),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        os.close(to_r)
+        os.close(from_w)
+        self.w, self.r = to_w, from_r
+        self.buf = b""
+        self.n = 0
+        self.events: list[dict] = []
+
+    def _recv(self, deadline: float) -> dict:
+        while b"\0" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("Chromium did not answer")
+            if select.select([self.r], [], [], left)[0]:
+                chunk = os.read(self.r, 1 << 20)
+                if not chunk:
+                    raise EOFError("Chromium closed the pipe")
+                self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60) -> dict:
+        self.n += 1
+        msg = {"id": self.n, "method": method, "params": params or {}, **({"sessionId": session} if session else {})}
+        os.write(self.w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self._recv(deadline)
+            if m.get("id") == self.n:
+                if "error" in m:
+                    raise RuntimeError(f"{method}: {m['error']}")
+                return m.get("result", {})
+            self.events.append(m)
+
+    def wait_for(self, method: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, m in enumerate(self.events):
+                if m.get("method") == method:
+                    return self.events.pop(i)
+            self.events.append(self._recv(deadline))
+
+    def evaluate(self, session: str, expression: str):
+        r = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True}, session)
+        if "exceptionDetails" in r:
+            raise RuntimeError(r["exceptionDetails"])
+        return r["result"].get("value")
+
+    def close(self) -> None:
+        try:
+            self.call("Browser.close", timeout=10)
+        except Exception:
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.w)
+        os.close(self.r)
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    b = Chromium(CHROMIUM)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+_IMAGES_JS = """
+(async () => {
+  const out = [];
+  for (const img of Array.from(document.images)) {
+    let probe = img;
+    if (!img.complete || img.loading === 'lazy') {  // lazy ones (closed lightboxes): load a copy
+      probe = new Image();
+      probe.src = img.src;
+      try { await probe.decode(); } catch (e) {}
+    }
+    out.push({src: img.getAttribute('src'), ok: probe.complete && probe.naturalWidth > 0, lazy: img.loading === 'lazy'});
+  }
+  return out;
+})()
+"""
+
+_RECT_JS = """
+(() => { const img = document.querySelector('article.card img.map'); img.scrollIntoView();
+  const r = img.getBoundingClientRect();
+  return {x: r.x + window.scrollX, y: r.y + window.scrollY, w: r.width, h: r.height,
+          nw: img.naturalWidth, nh: img.naturalHeight, src: img.getAttribute('src')}; })()
+"""
+
+
+@pytest.mark.browser
+def test_page_renders_in_chromium(browser, run_dir, tmp_path):
+    b = browser
+    target = b.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+    s = b.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    b.call("Page.enable", session=s)
+    b.call("Network.enable", session=s)
+    width = 1280
+    b.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1, "mobile": False}, s)
+    b.call("Page.navigate", {"url": (run_dir / "report.html").resolve().as_uri()}, s)
+    b.wait_for("Page.loadEventFired")
+
+    images = b.evaluate(s, _IMAGES_JS)
+    broken = [i["src"] for i in images if not i["ok"]]
+    assert not broken, f"pictures that did not load: {broken}"
+    assert sum(1 for i in images if not i["lazy"]) >= 3 * 5 + 2 * 3 * 2  # gallery and legend pictures
+    failed = [m["params"] for m in b.events if m.get("method") == "Network.loadingFailed"]
+    assert not failed, failed
+    assert b.evaluate(s, "document.querySelectorAll('svg.spectrum rect.bar').length") == 3
+    assert b.evaluate(s, "Math.min(...Array.from(document.querySelectorAll('article.card')).map(c => c.getBoundingClientRect().height))") > 80
+
+    # the whole page as a picture: not blank, and the map thumbnail painted where the page says
+    height = int(b.evaluate(s, "document.documentElement.scrollHeight"))
+    b.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": min(height, 12000), "deviceScaleFactor": 1, "mobile": False}, s)
+    rect = b.evaluate(s, _RECT_JS.replace("img.scrollIntoView();", ""))
+    shot = b.call("Page.captureScreenshot", {"format": "png"}, s)
+    png = base64.b64decode(shot["data"])
+    (tmp_path / "page.png").write_bytes(png)
+    pic = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+    assert pic.shape[1] == width and pic.shape[0] > 1500
+    assert pic.std() > 20 and len(np.unique(pic.reshape(-1, 3), axis=0)) > 2000
+    # where object-fit: contain drew the map thumbnail, the screenshot shows that thumbnail
+    scale = min(rect["w"] / rect["nw"], rect["h"] / rect["nh"])
+    dw, dh = rect["nw"] * scale, rect["nh"] * scale
+    x0, y0 = rect["x"] + (rect["w"] - dw) / 2, rect["y"] + (rect["h"] - dh) / 2
+    drawn = pic[int(round(y0)) + 1 : int(round(y0 + dh)) - 1, int(round(x0)) + 1 : int(round(x0 + dw)) - 1]
+    thumb = cv2.imread(str(_local(run_dir, rect["src"])))
+    expected = cv2.resize(thumb, (drawn.shape[1], drawn.shape[0]), interpolation=cv2.INTER_AREA)
+    assert np.abs(drawn.astype(float) - expected.astype(float)).mean() < 12.0
+
+    # a click on a thumbnail opens its lightbox (CSS :target), with the full-size pictures
+    key = b.evaluate(s, "document.querySelector('article.card a').getAttribute('href')")
+    b.evaluate(s, f"location.hash = {json.dumps(key)}")
+    shown = b.evaluate(s, f"getComputedStyle(document.getElementById({json.dumps(key[1:])})).display")
+    assert shown == "block"
+    loaded = b.evaluate(
+        s,
+        f"""(async () => {{ const imgs = Array.from(document.getElementById({json.dumps(key[1:])}).querySelectorAll('img'));
+        await Promise.all(imgs.map(i => i.decode().catch(() => null)));
+        return imgs.map(i => i.naturalWidth); }})()""",
+    )
+    assert len(loaded) == 3 and min(loaded) > 0
