@@ -42,18 +42,32 @@ OPSET = 17
 
 
 def build_model(nn, num_classes: int = 3):
-    """The network as a torch ``nn.Sequential`` (``nn`` is ``torch.nn``)."""
+    """The network (``nn`` is ``torch.nn``); module names give the ONNX tensor names."""
+    from collections import OrderedDict
 
-    def conv(cin: int, cout: int) -> list:
-        return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+    layers: list[tuple[str, object]] = []
 
-    return nn.Sequential(
-        *conv(3, 16), nn.MaxPool2d(2),
-        *conv(16, 32), nn.MaxPool2d(2),
-        *conv(32, 64), *conv(64, 64), nn.MaxPool2d(2),
-        *conv(64, 96),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(96, num_classes),
-    )
+    def conv(name: str, cin: int, cout: int) -> None:
+        layers.extend([
+            (f"conv{name}", nn.Conv2d(cin, cout, 3, padding=1, bias=False)),
+            (f"bn{name}", nn.BatchNorm2d(cout)),
+            (f"relu{name}", nn.ReLU(inplace=True)),
+        ])
+
+    conv("1", 3, 16)
+    layers.append(("pool1", nn.MaxPool2d(2)))
+    conv("2", 16, 32)
+    layers.append(("pool2", nn.MaxPool2d(2)))
+    conv("3a", 32, 64)
+    conv("3b", 64, 64)
+    layers.append(("pool3", nn.MaxPool2d(2)))
+    conv("4", 64, 96)
+    layers.extend([
+        ("gap", nn.AdaptiveAvgPool2d(1)),
+        ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(96, num_classes)),
+    ])
+    return nn.Sequential(OrderedDict(layers))
 
 
 def main(argv: list[str] | None = None) -> int:

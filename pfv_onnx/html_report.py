@@ -39,10 +39,12 @@ LEGEND = f"{ASSETS}/legend"
 THUMB_SIDE = 320  # longest side of a gallery thumbnail, in pixels (shown at about half: sharp on HiDPI screens)
 PATCH_SIDE = 120  # legend patches are square PNGs of this side (shown at half: sharp on HiDPI screens)
 PATCHES = 6  # legend patches per component and sign
+EAGER_CARDS = 60  # gallery cards whose thumbnails load with the page; the rest as they scroll into view
 PATCH_CELLS = 2.0  # a patch spans this many feature-map cells in each direction, centred on its cell
 
 _COLOUR_NAMES = ("red", "green", "blue")
 _COLOUR_RGB = ((232, 35, 35), (22, 178, 60), (35, 95, 240))
+_COLUMN_HEADS = "<div><span>image</span><span>PFV map</span><span>overlay</span></div>"  # over each gallery column
 _LEGEND_FILE = re.compile(r"g\d+-c\d+-(pos|neg)-\d+\.png")
 
 
@@ -691,7 +693,7 @@ class _Builder:
             ratios = grp.get("explained_variance_ratio") or []
             chart = spectrum_svg(ratios, channels, fitted) if ratios else ""
             shown = title if len(groups) > 1 and not isinstance(grp.get("class"), dict) else ""  # a class is the prediction shown
-            cards = "".join(self._card(en, grp_label=shown) for en in entries)
+            cards = "".join(self._card(en, shown, lazy=len(entries_all) - len(entries) + i >= EAGER_CARDS) for i, en in enumerate(entries))
             html_groups.append(
                 f'<section class="group" id="{gid}" data-group="{g}">'
                 f'<h2>{e(title)} <span class="sub">{e(sub)} · {len(recs)} image{"s" if len(recs) != 1 else ""}</span></h2>'
@@ -699,7 +701,7 @@ class _Builder:
                 f'<div class="box chart"><h3>Explained variance</h3>{chart}</div>'
                 f'<div class="box legend-box"><h3>Component legend</h3>{legend_html or "<p class=muted>not available</p>"}</div>'
                 "</div>"
-                '<div class="colheads"><span>image</span><span>PFV map</span><span>overlay</span></div>'
+                f'<div class="colheads" aria-hidden="true">{_COLUMN_HEADS * min(len(entries), 8)}</div>'
                 f'<div class="gallery">{cards}</div></section>'
             )
         boxes = [self._lightbox(en, entries_all[i - 1] if i else None, entries_all[i + 1] if i + 1 < len(entries_all) else None) for i, en in enumerate(entries_all)]
@@ -750,16 +752,18 @@ class _Builder:
         text = str(label).split(",")[0] if label else f"class {pred.get('class')}"
         return f'<span class="label" title="{e(label or "")}">{e(text)}</span> <span class="score">{_pct(pred.get("score"))}</span>'
 
-    def _card(self, en: _Entry, grp_label: str) -> str:
+    def _card(self, en: _Entry, grp_label: str, lazy: bool = False) -> str:
         rec = en.rec
         th, tw = en.thumb_hw
         name = Path(str(rec.get("file"))).name
+        lazy_attr = ' loading="lazy"' if lazy else ""
         pics = []
         for kind, what in (("image", "image"), ("map", "PFV map"), ("overlay", "overlay")):
             rel = en.thumbs.get(f"thumb_{kind}")
             if rel:
                 pics.append(
-                    f'<a href="#view-{e(en.key)}"><img src="{_url(rel)}" alt="{e(name)}: {what}" width="{tw}" height="{th}" class="{kind}"></a>'
+                    f'<a href="#view-{e(en.key)}"><img{lazy_attr} src="{_url(rel)}" alt="{e(name)}: {what}" '
+                    f'width="{tw}" height="{th}" class="{kind}"></a>'
                 )
             else:
                 pics.append(f'<div class="missing" title="{e(what)} not available">{e(what)}<br>not available</div>')
@@ -989,8 +993,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .patch img{display:block;border-radius:4px;border:1px solid #d5d9e1}
 .strip.pos .patch img{outline:2px solid transparent}
 .patch:hover img{border-color:var(--accent)}
-.colheads{display:grid;grid-template-columns:repeat(3,1fr);max-width:340px;margin:18px 0 4px 12px;font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
-.colheads span{text-align:center}
+.colheads{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));column-gap:14px;grid-template-rows:auto;grid-auto-rows:0;overflow:hidden;margin:18px 0 4px;
+ font-size:12px;text-transform:uppercase;letter-spacing:.06em;color:var(--muted)}
+.colheads div{display:grid;grid-template-columns:repeat(3,1fr);gap:4px;padding:0 9px}.colheads span{text-align:center}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:14px;align-items:start}
 .card{background:var(--card);border:1px solid var(--line);border-radius:10px;padding:8px;scroll-margin-top:20px}
 .card:target{border-color:var(--accent);box-shadow:0 0 0 3px #d6e1ff}
@@ -1008,7 +1013,7 @@ table.scores th[scope],table.scores tbody th{font-weight:500;white-space:nowrap}
 ul.summary{font-size:14px}
 .sanity-pic{margin:12px 0 0}.sanity-pic img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:8px;background:#fff}
 .sanity-pic figcaption{font-size:13px;color:var(--muted)}
-footer{padding:40px 28px 48px}
+footer.wrap{padding-top:36px;padding-bottom:48px}
 .lightbox{display:none;position:fixed;inset:0;z-index:10;overflow:auto;padding:3vh 3vw}
 .lightbox:target{display:block}
 .lightbox .backdrop{position:fixed;inset:0;background:rgba(10,13,20,.88)}

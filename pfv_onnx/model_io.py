@@ -210,6 +210,13 @@ def _check_opsets(model: onnx.ModelProto) -> None:
                 f"the model uses custom operators of domain {opset.domain!r}, which onnxruntime cannot run "
                 "without their library; export the model with standard ONNX operators"
             )
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise ModelError(
+                f"the model uses opset {opset.version} of ai.onnx, newer than the installed onnx knows (up to {newest}); "
+                f"upgrade onnx and onnxruntime, or export the model with opset {newest} or lower"
+            )
     used = {n.domain for n in model.graph.node}
     for domain in used - known:
         raise ModelError(

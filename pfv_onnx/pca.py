@@ -16,8 +16,14 @@ from .xp import array_module, to_host
 
 # Rows per block of the float32 products whose sums are accumulated in float64.
 _BLOCK_ROWS = 2048
-# Below this matrix size a full eigendecomposition costs less than an iterative top-k solver.
+# Up to this matrix size a full eigendecomposition costs less than an iterative top-k solver.
 _FULL_EIGH_MAX = 384
+# ``fit`` forms the smaller of the covariance and the Gram matrix when min(rows, channels) is at
+# most this; above it, it finds the top k with block Krylov products of the rows themselves.
+_DENSE_MAX = 256
+# Block Krylov stops when every Ritz residual is below this fraction of the gap between the k-th
+# and the (k+1)-th Ritz value: that bounds the angle between the subspace found and the true one.
+_KRYLOV_TOL = 1e-5
 
 
 @dataclass(frozen=True)
@@ -90,21 +96,90 @@ def scatter(Xc: Any) -> Any:
 
 
 def top_eigh(S: Any, k: int) -> tuple[Any, Any]:
-    """The k largest eigenvalues (descending) and unit eigenvectors of a symmetric float64 matrix."""
+    """The k largest eigenvalues (descending) and unit eigenvectors of a symmetric float64 matrix.
+
+    Large matrices go through block Krylov products with ``S`` (O(n^2) per step) instead of a
+    full O(n^3) decomposition, which remains the fallback when the iteration does not settle.
+    """
     xp = array_module(S)
     n = S.shape[0]
-    if xp is np and n > _FULL_EIGH_MAX and k < n // 4:
-        from scipy.sparse.linalg import ArpackNoConvergence, eigsh
-
-        v0 = np.random.default_rng(0).standard_normal(n)  # fixed start: identical results on every run
-        try:
-            vals, vecs = eigsh(S, k=k, which="LA", v0=v0, tol=0)
-        except ArpackNoConvergence:
-            vals, vecs = np.linalg.eigh(S)
-        order = np.argsort(vals)[::-1][:k]
-        return vals[order], vecs[:, order]
+    if n > _FULL_EIGH_MAX and k < n // 4:
+        found = block_krylov(lambda Q: to_host(S @ xp.asarray(Q)), n, k, max_dim=n // 2)
+        if found is not None:
+            vals, V = found
+            return xp.asarray(vals), xp.asarray(V)
     vals, vecs = xp.linalg.eigh(S)
     return vals[::-1][:k], vecs[:, ::-1][:, :k]
+
+
+def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYLOV_TOL, seed: int = 0):
+    """Top k eigenpairs of a symmetric positive semi-definite operator, or None if unsettled.
+
+    ``apply(Q)`` returns A @ Q for a host float64 (n, b) block. The Krylov space
+    span{Q0, A Q0, A^2 Q0, ...} grows by one block per product; Rayleigh-Ritz on it gives
+    the estimates, and it stops once every residual ||A v - theta v|| is below ``tol`` times
+    the gap theta_k - theta_(k+1). Blocks are rounded to float32 (so a float32 ``apply`` is
+    exact on them) and the generalised Ritz problem absorbs the rounding. The start block
+    is seeded: the same input gives the same result.
+    Returns (eigenvalues (k,) descending, vectors (n, k)) as host float64 arrays.
+    """
+    from scipy.linalg import LinAlgError
+    from scipy.linalg import eigh as generalised_eigh
+
+    b = max(2 * k + 2, 8)
+    if n < 2 * b or max_dim < 2 * b:
+        return None
+    cols = min(max_dim, n) // b * b
+    K = np.empty((n, cols))  # the Krylov basis, one block of b columns per step
+    AK = np.empty((n, cols))  # A @ K
+    H = np.empty((cols, cols))  # K^T A K, grown a block at a time
+    G = np.empty((cols, cols))  # K^T K (the identity up to the float32 rounding of K)
+    rng = np.random.default_rng(seed)
+    block = _orthonormal_block(K[:, :0], rng.standard_normal((n, b)), rng)
+    d = 0
+    while True:
+        K[:, d : d + b] = block
+        AK[:, d : d + b] = apply(block)
+        H[: d + b, d : d + b] = K[:, : d + b].T @ AK[:, d : d + b]
+        H[d : d + b, :d] = H[:d, d : d + b].T
+        H[d : d + b, d : d + b] = (H[d : d + b, d : d + b] + H[d : d + b, d : d + b].T) / 2
+        G[: d + b, d : d + b] = K[:, : d + b].T @ block
+        G[d : d + b, :d] = G[:d, d : d + b].T
+        d += b
+        try:
+            theta, U = generalised_eigh(H[:d, :d], G[:d, :d])
+        except (LinAlgError, ValueError):
+            return None
+        theta, U = theta[::-1], U[:, ::-1]
+        V = K[:, :d] @ U[:, :k]
+        residual = np.linalg.norm(AK[:, :d] @ U[:, :k] - V * theta[:k], axis=0)
+        gap = theta[k - 1] - theta[k]
+        if np.all(residual <= tol * gap) or (theta[0] <= 0 and np.all(residual == 0)):
+            V = V / np.maximum(np.linalg.norm(V, axis=0), 1e-300)
+            return theta[:k], V
+        if d + b > cols:
+            return None
+        block = _orthonormal_block(K[:, :d], AK[:, d - b : d], rng)
+
+
+def _orthonormal_block(K: np.ndarray, W: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Columns of W made orthonormal to K and to each other, rounded to float32 values.
+
+    Columns that vanish (the Krylov space stopped growing in their direction) are replaced
+    by random ones, so the block always has full rank.
+    """
+    scale = max(float(np.abs(W).max()) if W.size else 0.0, 1e-300)
+    for _ in range(2):
+        W = W - K @ (K.T @ W)
+    Q, R = np.linalg.qr(W)
+    weak = np.abs(np.diag(R)) <= 1e-10 * scale * np.sqrt(W.shape[0])
+    if weak.any():
+        known = np.hstack([K, Q[:, ~weak]])
+        fresh = rng.standard_normal((W.shape[0], int(weak.sum())))
+        for _ in range(2):
+            fresh = fresh - known @ (known.T @ fresh)
+        Q[:, weak] = np.linalg.qr(fresh)[0]
+    return Q.astype(np.float32).astype(np.float64)
 
 
 def orient(directions: Any, projections: Any) -> Any:
@@ -125,7 +200,10 @@ def orient(directions: Any, projections: Any) -> Any:
 def fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
     """Principal basis of rows ``X`` (M, C) and the sign-oriented projections (M, k) float32.
 
-    Uses the C x C covariance or the M x M Gram matrix, whichever is smaller.
+    Small problems use the C x C covariance or the M x M Gram matrix, whichever is smaller,
+    and a full eigendecomposition. Larger ones find only the top k by block Krylov products
+    with the centred rows (float32 products of the (M, C) rows with thin (C, b) blocks), which
+    costs a few passes over X instead of forming the covariance and decomposing it.
     """
     xp = array_module(X)
     m, c = X.shape
@@ -133,7 +211,11 @@ def fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
     Xc, mean = centred(X)
     # The float32 mean leaves a small residual mean; remove its contribution exactly.
     resid = Xc.mean(axis=0, dtype=xp.float64)
-    if m < c:
+    found = _fit_krylov(Xc, resid, k) if min(m, c) > _DENSE_MAX else None
+    if found is not None:
+        vals, V, trace = found
+        vals, V = xp.asarray(vals), xp.asarray(V)
+    elif m < c:
         G = _gram(Xc)
         ones = xp.ones((m, 1), dtype=xp.float64)
         proj_resid = (Xc.astype(xp.float64) @ resid)[:, None]
@@ -150,7 +232,8 @@ def fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
     vals = xp.maximum(vals, 0.0) / (m - 1)
     total_variance = max(trace, 0.0) / (m - 1)
     mean_exact = mean + resid
-    P = (Xc - resid.astype(xp.float32)) @ V.astype(xp.float32)
+    # (Xc - 1 r^T) V without a copy of Xc.
+    P = Xc @ V.astype(xp.float32) - (resid @ V).astype(xp.float32)
     signs = orient(V, P)
     V = V * signs
     P = P * signs.astype(xp.float32)
@@ -162,6 +245,34 @@ def fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
         n_observations=int(m),
     )
     return basis, P
+
+
+def _fit_krylov(Xc: Any, resid: Any, k: int):
+    """Top k of the scatter of the exactly centred rows (Xc - 1 r^T), and its trace; or None."""
+    xp = array_module(Xc)
+    m, c = Xc.shape
+    r = to_host(resid).astype(np.float64)
+
+    def apply(Q: np.ndarray) -> np.ndarray:
+        Y = Xc @ xp.asarray(Q, dtype=xp.float32)
+        Z = to_host(Xc.T @ Y).astype(np.float64)
+        return Z - m * np.outer(r, r @ Q)
+
+    found = block_krylov(apply, c, k, max_dim=min(c, m - 1) // 2)
+    if found is None:
+        return None
+    vals, V = found
+    return vals, V, squared_norm(Xc) - m * float(r @ r)
+
+
+def squared_norm(X: Any) -> float:
+    """Sum of squares of a float32 array, accurate to float64 rounding of float32 partial sums."""
+    xp = array_module(X)
+    if xp is not np:
+        return float((X.astype(xp.float64) ** 2).sum())
+    flat = X.reshape(-1)
+    step = 1 << 16
+    return float(sum(float(part @ part) for part in (flat[i : i + step] for i in range(0, flat.size, step))))
 
 
 def _gram(Xc: Any) -> Any:

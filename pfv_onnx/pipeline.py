@@ -294,7 +294,7 @@ class PFV:
             if fixed and n_real < fixed:  # pad a fixed-batch model's last chunk, then drop the padding
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n_real, axis=0)])
             values = sess.run(chunk, device_outputs=tap_names)
-            runs.append({k: v[:n_real] for k, v in values.items()})
+            runs.append({k: _per_image(v, chunk.shape[0], n_real) for k, v in values.items()})
         if self._self_check and self.self_check_result is None:
             self._check_outputs(batch[:step], runs[0])
         values = runs[0] if len(runs) == 1 else {k: _concat([r[k] for r in runs]) for k in runs[0]}
@@ -328,15 +328,23 @@ class PFV:
         from .xp import to_host
 
         plain = runtime.create_session(self.model_path, "cpu", input_name=self.input_name, output_names=self.output_names)
-        ref = plain.run(batch)
+        ref = {k: _per_image(v, len(batch), len(batch)) for k, v in plain.run(batch).items()}
         worst = 0.0
         for name in self.output_names:
-            a, b = np.asarray(ref[name], dtype=np.float64), np.asarray(to_host(tapped[name]), dtype=np.float64)
+            a, b = np.asarray(ref[name]), np.asarray(to_host(tapped[name]))
             if a.shape != b.shape:
                 worst = np.inf
                 break
-            scale = max(float(np.abs(a).max()) if a.size else 0.0, 1e-6)
-            worst = max(worst, float(np.abs(a - b).max() / scale) if a.size else 0.0)
+            if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):  # strings: equal or not
+                worst = worst if np.array_equal(a, b) else np.inf
+                continue
+            a, b = a.astype(np.float64), b.astype(np.float64)
+            same = (a == b) | (np.isnan(a) & np.isnan(b))  # equal infinities and NaNs are no change
+            finite = np.abs(a[np.isfinite(a)])
+            scale = max(float(finite.max()) if finite.size else 0.0, 1e-6)
+            with np.errstate(invalid="ignore", over="ignore"):
+                diff = np.where(same, 0.0, np.abs(a - b))
+            worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max() / scale) if a.size else 0.0)
         tolerance = 1e-3 if self.provider == "cuda" else 1e-4
         if worst > tolerance:
             self.self_check_result = (
@@ -426,6 +434,18 @@ def _size_hint(text: str) -> tuple[int, int] | None:
     if len(parts) == 2 and all(p.isdigit() and int(p) > 0 for p in parts):
         return int(parts[0]), int(parts[1])
     return None
+
+
+def _per_image(value: Any, n_run: int, n_real: int) -> Any:
+    """One row per image: the first ``n_real`` rows of a batched output; an output without a
+    batch axis (a scalar, a per-batch statistic) repeated for each image under a new axis 0."""
+    from .xp import array_module
+
+    if getattr(value, "ndim", 0) >= 1 and value.shape[0] == n_run:
+        return value[:n_real]
+    xp = array_module(value)
+    value = xp.asarray(value)
+    return xp.ascontiguousarray(xp.broadcast_to(value[None], (n_real, *value.shape)))
 
 
 def _concat(arrays: list[Any]) -> Any:

@@ -64,7 +64,14 @@ def resize_bilinear_gather(x: Any, size: tuple[int, int]) -> Any:
 
 
 def flat(P: Any, weights: Sequence[Any], size: tuple[int, int]) -> Any:
-    """upsample(P) * sum_l upsample(S_l), the raw channel sums S_l (N, 1, H_l, W_l) unnormalised."""
+    """upsample(P) * sum_l upsample(S_l), the raw channel sums S_l (N, 1, H_l, W_l) unnormalised.
+
+    On NumPy the result is an (N, k, H, W) view of an image-major (N, H, W, k) array, filled
+    one image at a time while its maps are in cache; ``result.transpose(0, 2, 3, 1)`` is then
+    contiguous.
+    """
+    if _per_image(P):
+        return _flat_per_image(P, weights, size)
     up = resize_bilinear(P, size)
     if not weights:
         return up
@@ -78,14 +85,74 @@ def hierarchical(P: Any, weights: Sequence[Any], size: tuple[int, int], *, peaks
     """From the deepest weighting map to the earliest: P = upsample(P, to S_l) * S_l / max(S_l).
 
     The max is over the whole batch tensor, or ``peaks[l]`` when given (a fitted basis's maxima
-    over a data set); a map whose max is not positive weights by zero.
+    over a data set); a map whose max is not positive weights by zero. On NumPy the result is
+    laid out image-major, as in ``flat``.
     """
     xp = array_module(P)
-    for i, S in reversed(list(enumerate(weights))):
+    factors = []
+    for i, S in enumerate(weights):
         peak = float(S.max()) if peaks is None else float(peaks[i])
-        factor = S / peak if peak > 0 else xp.zeros_like(S)
+        factors.append(1.0 / peak if peak > 0 else 0.0)
+    if _per_image(P):
+        return _hierarchical_per_image(P, weights, factors, size)
+    for S, f in zip(reversed(list(weights)), reversed(factors)):
+        factor = S * xp.float32(f) if f else xp.zeros_like(S)
         P = resize_bilinear(P, tuple(S.shape[2:])) * factor
     return resize_bilinear(P, size)
+
+
+def _per_image(P: Any) -> bool:
+    return isinstance(P, np.ndarray) and 0 < P.shape[1] <= _CV_MAX_CHANNELS
+
+
+def _resize_into(src: np.ndarray, dst: np.ndarray) -> None:
+    """Bilinear resize (half-pixel centres) of one image (h, w[, c]) into ``dst`` (H, W[, c])."""
+    import cv2
+
+    if src.shape[:2] == dst.shape[:2]:
+        dst[...] = src.reshape(dst.shape)
+        return
+    out = cv2.resize(src, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=cv2.INTER_LINEAR)
+    if out is not dst and not np.shares_memory(out, dst):  # pragma: no cover - OpenCV reallocated
+        dst[...] = out.reshape(dst.shape)
+
+
+def _flat_per_image(P: np.ndarray, weights: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    n, k = P.shape[:2]
+    H, W = size
+    out = np.empty((n, H, W, k), dtype=np.float32)
+    hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
+    maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
+    A = np.empty((H, W), dtype=np.float32)
+    term = np.empty((H, W), dtype=np.float32)
+    for i in range(n):
+        _resize_into(hwk[i], out[i])
+        if not maps:
+            continue
+        _resize_into(maps[0][i], A)
+        for S in maps[1:]:
+            _resize_into(S[i], term)
+            A += term
+        out[i] *= A[:, :, None]
+    return out.transpose(0, 3, 1, 2)
+
+
+def _hierarchical_per_image(P: np.ndarray, weights: Sequence[np.ndarray], factors: list[float], size: tuple[int, int]) -> np.ndarray:
+    n, k = P.shape[:2]
+    H, W = size
+    out = np.empty((n, H, W, k), dtype=np.float32)
+    hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
+    maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
+    for i in range(n):
+        p = hwk[i]
+        for S, f in zip(reversed(maps), reversed(factors)):
+            h, w = S.shape[1:]
+            up = np.empty((h, w, k), dtype=np.float32)
+            _resize_into(p, up)
+            up *= (S[i] * np.float32(f))[:, :, None]
+            p = up
+        _resize_into(p, out[i])
+    return out.transpose(0, 3, 1, 2)
 
 
 def scale_colours(x: Any, n_sigma: float = 1.0, *, mean: float | None = None, std: float | None = None) -> Any:
@@ -104,6 +171,8 @@ def scale_colours(x: Any, n_sigma: float = 1.0, *, mean: float | None = None, st
     if n_sigma <= 0:
         raise InputError(f"n_sigma must be positive, got {n_sigma}")
     fixed = mean is not None and std is not None
+    if xp is np:
+        return _scale_colours_numpy(x, float(n_sigma), mean if fixed else None, std if fixed else None)
     if not fixed:
         mean = x.mean(dtype=xp.float64)
         std = x.std(dtype=xp.float64)
@@ -116,3 +185,51 @@ def scale_colours(x: Any, n_sigma: float = 1.0, *, mean: float | None = None, st
     if hi <= lo:
         return xp.zeros_like(x, dtype=xp.float32)
     return ((z - lo) / (hi - lo)).astype(xp.float32)
+
+
+# Elements per chunk of the colour scaling: small enough to stay in cache between its passes.
+_CHUNK = 1 << 16
+
+
+def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std: float | None) -> np.ndarray:
+    """``scale_colours`` as one affine map and clip, over cache-sized chunks in memory order.
+
+    z = clip((x - mean) / std, -n, n) followed by (z - lo) / (hi - lo) equals
+    clip((x - mean) * a + b, 0, 1) with a = 1 / (std (hi - lo)) and b = -lo / (hi - lo),
+    where lo and hi are the clipped z of the array's min and max (z is monotone in x).
+    The result has the memory layout of ``x``; mean and variance are summed in float64.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    flat_in, flat_out = x.ravel(order="K"), out.ravel(order="K")  # flat_out is a view: empty_like keeps the order
+    size = flat_in.size
+    chunks = range(0, size, _CHUNK)
+    if mean is None or std is None:
+        mean = sum(float(flat_in[i : i + _CHUNK].sum(dtype=np.float32)) for i in chunks) / size if size else 0.0
+        m32 = np.float32(mean)
+        squares = 0.0
+        for i in chunks:
+            d = flat_in[i : i + _CHUNK] - m32
+            squares += float(d @ d)
+        # sum((x - m32)^2) = sum((x - mean)^2) + size (mean - m32)^2
+        std = np.sqrt(max(squares / size - (mean - float(m32)) ** 2, 0.0)) if size else 0.0
+        if not std > 0:
+            return np.zeros_like(x)
+        s32 = np.float32(std)
+        lo, hi = (float(np.clip((np.float32(v) - m32) / s32, -n_sigma, n_sigma)) for v in (x.min(), x.max()))
+        if hi <= lo:
+            return np.zeros_like(x)
+    else:
+        if not float(std) > 0:
+            return np.zeros_like(x)
+        lo, hi = -n_sigma, n_sigma
+    m32 = np.float32(mean)
+    a = np.float32(1.0 / (float(np.float32(std)) * (hi - lo)))
+    b = np.float32(-lo / (hi - lo))
+    for i in chunks:
+        part = flat_out[i : i + _CHUNK]
+        np.subtract(flat_in[i : i + _CHUNK], m32, out=part)
+        part *= a
+        part += b
+        np.clip(part, 0.0, 1.0, out=part)
+    return out

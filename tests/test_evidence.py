@@ -166,33 +166,57 @@ def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((r[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _localisation(rgb: np.ndarray, masks) -> tuple[float, float, float]:
-    """(pointing-game hit rate, mean AUC of magnitude against the objects, chance hit rate)."""
+#: Pointing-game tolerance in pixels of the 64 x 64 image: a hit is the brightest point within
+#: this distance of an object (Zhang et al. 2016 allow 15 px on ImageNet-sized images). The
+#: colour scaling clips the strongest responses to a plateau that spills slightly over the
+#: object's edge, and argmax takes the plateau's first pixel, often just outside.
+POINTING_TOLERANCE = 2.0
+
+
+def _localisation(rgb: np.ndarray, masks) -> dict[str, float]:
+    """Pointing-game hit rates (strict, and within POINTING_TOLERANCE), their chance levels
+    (the share of pixels that would count as a hit), and the mean per-image ROC AUC of the
+    map magnitude against the objects' pixels."""
     mag = sanity.magnitude(rgb)
-    hits, aucs, areas = [], [], []
+    strict, tolerant, auc, area, near_area = [], [], [], [], []
     for m, objs in zip(mag, masks):
         union = np.zeros(m.shape, bool)
         for _, mask in objs:
             union |= mask
+        ys, xs = np.nonzero(union)
+        yy, xx = np.mgrid[0 : m.shape[0], 0 : m.shape[1]]
+        dist = np.min(np.hypot(yy[..., None] - ys, xx[..., None] - xs), axis=-1)  # to the nearest object pixel
         y, x = np.unravel_index(np.argmax(m), m.shape)
-        hits.append(bool(union[y, x]))
-        aucs.append(_auc(m, union))
-        areas.append(union.mean())
-    return float(np.mean(hits)), float(np.mean(aucs)), float(np.mean(areas))
+        strict.append(bool(union[y, x]))
+        tolerant.append(bool(dist[y, x] <= POINTING_TOLERANCE))
+        auc.append(_auc(m, union))
+        area.append(union.mean())
+        near_area.append((dist <= POINTING_TOLERANCE).mean())
+    return {
+        "pointing": float(np.mean(strict)),
+        "pointing_tolerant": float(np.mean(tolerant)),
+        "chance": float(np.mean(area)),
+        "chance_tolerant": float(np.mean(near_area)),
+        "auc": float(np.mean(auc)),
+    }
 
 
 def test_synthetic_maps_point_at_the_objects(synthetic_maps):
-    """Measured (48 held-out images, 1-3 objects each): MEASURED_LOCALISATION."""
+    """Measured (48 held-out images, 1-3 objects each): the brightest point of the trained
+    model's map lies on an object (within 2 px) in 0.85 of the images (strictly inside 0.56;
+    chance 0.19, strictly 0.11); per-image AUC of magnitude against the object pixels 0.93.
+    The randomised model (seed 0): 0.15 (0.08), AUC 0.44; seeds 1 and 2: 0.25 and 0.15, AUC
+    0.53 and 0.49."""
     trained, randomised, masks = synthetic_maps
-    hit_t, auc_t, chance = _localisation(trained, masks)
-    hit_r, auc_r, _ = _localisation(randomised, masks)
-    _report("synthetic localisation", pointing_trained=hit_t, pointing_randomised=hit_r, pointing_chance=chance,
-            auc_trained=auc_t, auc_randomised=auc_r)
-    assert hit_t >= THRESHOLDS["pointing_trained"]
-    assert auc_t >= THRESHOLDS["auc_trained"]
-    # the randomised model fails the same test
-    assert hit_r < THRESHOLDS["pointing_trained"]
-    assert auc_r < THRESHOLDS["auc_trained"]
+    t = _localisation(trained, masks)
+    r = _localisation(randomised, masks)
+    _report("synthetic localisation, trained", **t)
+    _report("synthetic localisation, randomised", **r)
+    assert t["pointing_tolerant"] >= 0.7
+    assert t["auc"] >= 0.8
+    # the randomised model fails the same test, staying near chance
+    assert r["pointing_tolerant"] < 0.45
+    assert r["auc"] < 0.65
 
 
 def _object_colours(rgb: np.ndarray, masks) -> tuple[np.ndarray, np.ndarray]:
@@ -215,17 +239,16 @@ def _class_distance_ratio(colours: np.ndarray, classes: np.ndarray) -> tuple[flo
 
 
 def test_synthetic_objects_get_class_consistent_colours(synthetic_maps):
-    """Measured: MEASURED_COLOURS."""
+    """Mean colour inside each object's mask (one decomposition over the 48 images, about 95
+    objects). Measured: mean distance between objects of different classes / within one class
+    4.3 trained (0.97 / 0.23); randomised 1.02 (seeds 1, 2: 1.00, 0.98)."""
     trained, randomised, masks = synthetic_maps
     b_t, w_t, ratio_t = _class_distance_ratio(*_object_colours(trained, masks))
     b_r, w_r, ratio_r = _class_distance_ratio(*_object_colours(randomised, masks))
     _report("synthetic class colours", between_trained=b_t, within_trained=w_t, ratio_trained=ratio_t,
             between_randomised=b_r, within_randomised=w_r, ratio_randomised=ratio_r)
-    assert ratio_t > THRESHOLDS["colour_ratio_trained"]
-    assert ratio_r < THRESHOLDS["colour_ratio_trained"]
-
-
-THRESHOLDS = {"pointing_trained": 0.0, "auc_trained": 0.0, "colour_ratio_trained": 0.0}
+    assert ratio_t > 2.5
+    assert ratio_r < 1.5
 
 
 # --------------------------------------------------------------------------- cats

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,7 +142,7 @@ class Progress:
         if (report.get("resume") or {}).get("fingerprint") != self.fingerprint:
             return None
         outputs = report.get("outputs") or {}
-        listed = [outputs.get(k) for k in ("npz", "mosaic") if outputs.get(k)]
+        listed = [outputs[k] for k in ("npz", "mosaic", "html") if isinstance(outputs.get(k), str)]
         if not all((self.outdir / name).is_file() for name in listed):
             return None
         if not self._outputs_present(report.get("images") or []):
@@ -176,7 +177,7 @@ class Progress:
         if not self._outputs_present(meta.get("images") or []):
             return None
         try:
-            with np.load(self.folder / f"group-{index:06d}.npz", allow_pickle=False) as z:
+            with open(self.folder / f"group-{index:06d}.npz", "rb") as fh, np.load(fh, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
             tiles = []
             for j, t in enumerate(meta.get("tiles") or []):
@@ -197,7 +198,7 @@ class Progress:
                 map_records=list(meta.get("map_records") or []),
                 pred_output=meta.get("pred_output"),
             )
-        except (OSError, ValueError, KeyError, TypeError, EOFError):
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
             return None  # damaged: the group is redone
 
     # ------------------------------------------------------------------ writing

@@ -48,4 +48,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"mosaic:    {outdir / cmd_run.MOSAIC}")
     print(f"maps:      {outdir}{'/' if not str(outdir).endswith('/') else ''}*.pfv.png, *.overlay.png")
     print(f"report:    {outdir / cmd_run.REPORT}")
+    print(f"page:      {outdir / cmd_run.REPORT_HTML} (open it in a browser)")
     return code

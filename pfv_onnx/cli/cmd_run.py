@@ -348,6 +348,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     report["resume"] = {"fingerprint": run_fp, "groups_reused": 0}
     earlier = progress.completed(REPORT)
     if earlier is not None:  # the same run is already complete in outdir: nothing to redo
+        progress.finish()  # saved groups of a run killed after its last write
         if not args.quiet:
             print(f"all {len(earlier.get('images') or [])} images already done in {outdir}{os.sep} (--overwrite redoes them)", file=sys.stderr)
         return 1 if earlier.get("failures") else 0
@@ -576,7 +577,8 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         ng = len(report["groups"])
         print(
             f"{done} image{'s' if done != 1 else ''} explained in {ng} group{'s' if ng != 1 else ''}, "
-            f"{len(failures)} failed; results in {outdir}{os.sep}",
+            f"{len(failures)} failed; results in {outdir}{os.sep}"
+            + ("" if getattr(args, "no_html", False) else f"; open {outdir / REPORT_HTML} in a browser"),
             file=sys.stderr,
         )
         for f in failures:

@@ -1,0 +1,292 @@
+"""Nothing lost: a run killed midway (SIGKILL) and started again with the same arguments
+finishes the remaining groups, leaves no half-written file, and ends with exactly the files
+of an uninterrupted run; ``--overwrite`` redoes everything; equal inputs give equal bytes.
+
+The kills are real SIGKILLs of a child process, placed deterministically by a small wrapper
+that patches one function of the run to kill the process at a chosen moment (in the middle
+of writing a named file, right after a group is saved, ...); one more test kills at a
+moment it does not choose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+
+import bad_inputs
+import graphs
+from pfv_onnx.cli import main
+
+GROUP = ["--group-size", "2", "--batch-size", "1"]
+GOOD = [f"im{i}.png" for i in range(7)]  # groups: [im0 im1] [im2 im3] [im4 im5] [im6]
+TEMP = re.compile(r"^\.pfv-tmp-")
+
+_WRAPPER = r"""
+import os, signal, sys, tempfile
+import pfv_onnx.outputs as outputs
+from pfv_onnx.cli import _progress, main
+
+mode, arg = sys.argv[1], sys.argv[2]
+argv = sys.argv[3:]
+
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def half_written(folder, data):
+    fd, _ = tempfile.mkstemp(prefix=".pfv-tmp-", suffix=".tmp", dir=folder)
+    os.write(fd, data[: max(1, len(data) // 2)])
+    die()
+
+if mode == "write":  # killed in the middle of writing the file named `arg`
+    real = outputs.atomic_write_bytes
+    def atomic_write_bytes(path, data):
+        if os.path.basename(str(path)) == arg:
+            half_written(os.path.dirname(str(path)), data)
+        return real(path, data)
+    outputs.atomic_write_bytes = atomic_write_bytes
+elif mode == "saved":  # killed right after group number `arg` was saved
+    real_save = _progress.Progress.save
+    def save(self, saved, start):
+        real_save(self, saved, start)
+        if saved.index == int(arg):
+            die()
+    _progress.Progress.save = save
+elif mode == "saving":  # killed in the middle of saving group number `arg`'s arrays
+    real_npz = _progress._atomic_npz
+    calls = []
+    def atomic_npz(path, arrays):
+        calls.append(path)
+        if len(calls) == int(arg) + 1:
+            half_written(os.path.dirname(str(path)), b"PK\x03\x04" + b"\x00" * 4096)
+        return real_npz(path, arrays)
+    _progress._atomic_npz = atomic_npz
+elif mode == "npz":  # killed while the final pfv.npz is written
+    real_write = outputs.RowSpool.write
+    def write(self, path, *a, **k):
+        half_written(os.path.dirname(str(path)), b"PK\x03\x04" + b"\x00" * 4096)
+    outputs.RowSpool.write = write
+elif mode == "finish":  # killed after the final report, before the saved groups are removed
+    _progress.Progress.finish = lambda self: die()
+sys.exit(main(argv))
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Seven images of different sizes and one unreadable file; the model; a reference run."""
+    root = tmp_path_factory.mktemp("resume")
+    images = root / "images"
+    images.mkdir()
+    for i, name in enumerate(GOOD):
+        cv2.imwrite(str(images / name), bad_inputs.pattern_rgb(24 + 3 * i, 32 + 2 * i, seed=i)[:, :, ::-1])
+    (images / "bad.png").write_bytes(b"not a picture")
+    model = root / "vgg.onnx"
+    onnx.save(graphs.vgg().model, str(model))
+    ref = root / "reference"
+    assert main(["run", str(model), str(images), "-o", str(ref), "-q", *GROUP]) == 1
+    return {"root": root, "images": images, "model": model, "ref": ref}
+
+
+def _args(setup, out: Path, *extra: str) -> list[str]:
+    return ["run", str(setup["model"]), str(setup["images"]), "-o", str(out), "-q", *GROUP, *extra]
+
+
+def _killed(setup, out: Path, mode: str, arg: str = "-") -> int:
+    p = subprocess.run([sys.executable, "-c", _WRAPPER, mode, arg, *_args(setup, out)], capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in p.stderr, p.stderr
+    return p.returncode
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _without_volatile(report: dict) -> dict:
+    """A report without what differs between equal runs: timings, and how the run was resumed."""
+    return {k: v for k, v in report.items() if k not in ("timings", "resume")}
+
+
+def _page(path: Path) -> str:
+    """The page without what differs between equal runs: the timings and the time it was made."""
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "DATE", path.read_text())
+    return re.sub(r"\d+(\.\d+)? s\b", "T s", text)
+
+
+def assert_same_results(ref: Path, out: Path) -> None:
+    a, b = _files(ref), _files(out)
+    assert sorted(a) == sorted(b), set(a) ^ set(b)
+    for name, p in a.items():
+        if name == "report.json":
+            assert _without_volatile(json.loads(p.read_text())) == _without_volatile(json.loads(b[name].read_text()))
+        elif name == "report.html":
+            assert _page(p) == _page(b[name])
+        else:
+            assert p.read_bytes() == b[name].read_bytes(), name
+
+
+def assert_nothing_half_written(out: Path) -> None:
+    """Every file a reader can see is complete: temporary files aside, each one parses whole."""
+    for name, p in _files(out).items():
+        if TEMP.match(p.name):
+            continue
+        if p.suffix == ".png" or p.suffix == ".jpg":
+            data = np.frombuffer(p.read_bytes(), np.uint8)
+            assert cv2.imdecode(data, cv2.IMREAD_UNCHANGED) is not None, name
+            if p.suffix == ".png":
+                assert p.read_bytes().endswith(b"IEND\xaeB`\x82"), name
+        elif p.suffix == ".json":
+            json.loads(p.read_text())
+        elif p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                for k in z.files:
+                    z[k]
+
+
+def _no_leftovers(out: Path) -> None:
+    assert not [p for p in out.rglob("*") if TEMP.match(p.name)]
+    assert not (out / ".pfv-progress").exists()
+
+
+# --------------------------------------------------------------------------- killed and resumed
+
+
+@pytest.mark.parametrize(
+    "mode, arg, reused",
+    [
+        ("write", "im0.overlay.png", 0),  # in the first group's pictures
+        ("saved", "0", 1),  # right after the first group was saved
+        ("write", "im4.pfv.png", 2),  # in the third group, two saved
+        ("saving", "1", 1),  # while the second group was being saved
+        ("npz", "-", 3),  # while writing pfv.npz: the last group is not saved, it is redone
+        ("write", "report.html", 3),
+    ],
+)
+def test_killed_run_resumes_to_the_same_files(mode, arg, reused, setup, tmp_path):
+    out = tmp_path / "out"
+    assert _killed(setup, out, mode, arg) == -signal.SIGKILL
+    assert_nothing_half_written(out)
+    assert main(_args(setup, out)) == 1  # the unreadable file still fails; all else done
+    report = json.loads((out / "report.json").read_text())
+    assert report["resume"]["groups_reused"] == reused
+    assert report["status"] == "complete"
+    _no_leftovers(out)
+    assert_same_results(setup["ref"], out)
+
+
+def test_killed_after_the_final_report_is_complete(setup, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _killed(setup, out, "finish") == -signal.SIGKILL
+    assert (out / ".pfv-progress").exists()  # the kill came before the saved groups were removed
+    assert main(_args(setup, out)[:-1 - len(GROUP)] + GROUP) == 1  # not quiet: says it is done
+    assert "already done" in capsys.readouterr().err
+    _no_leftovers(out)
+    assert_same_results(setup["ref"], out)
+
+
+def test_kill_at_an_unplanned_moment(setup, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "import sys; from pfv_onnx.cli import main; sys.exit(main())", *_args(setup, out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "im2.pfv.png").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert_nothing_half_written(out)
+    assert main(_args(setup, out)) == 1
+    _no_leftovers(out)
+    assert_same_results(setup["ref"], out)
+
+
+def test_kept_groups_are_reused_not_recomputed(setup, tmp_path):
+    """After a kill following group 1, the rerun takes groups 0 and 1 from what was saved:
+    their pictures are not rewritten (same inodes), and a mark planted in the saved rows
+    shows up in pfv.npz. --overwrite then redoes everything."""
+    out = tmp_path / "out"
+    assert _killed(setup, out, "saved", "1") == -signal.SIGKILL
+    kept = {n: os.stat(out / n).st_ino for n in ("im0.pfv.png", "im1.overlay.png", "im3.pfv.png")}
+    saved = out / ".pfv-progress" / "group-000000.npz"
+    with np.load(saved) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["rgb"] = np.full_like(arrays["rgb"], 0.25)
+    np.savez(saved, **arrays)
+    assert main(_args(setup, out)) == 1
+    assert {n: os.stat(out / n).st_ino for n in kept} == kept
+    with np.load(out / "pfv.npz") as z, np.load(setup["ref"] / "pfv.npz") as r:
+        assert (z["rgb"][:2] == 0.25).all()
+        np.testing.assert_array_equal(z["rgb"][2:], r["rgb"][2:])
+    assert main(_args(setup, out, "--overwrite")) == 1
+    assert all(os.stat(out / n).st_ino != ino for n, ino in kept.items())
+    assert_same_results(setup["ref"], out)
+
+
+@pytest.mark.parametrize("change", ["argument", "image", "deleted_output", "damaged_save"])
+def test_saved_groups_are_not_used_when_they_no_longer_fit(change, setup, tmp_path):
+    out = tmp_path / "out"
+    assert _killed(setup, out, "saved", "1") == -signal.SIGKILL
+    extra: list[str] = []
+    images = setup["images"]
+    if change == "argument":
+        extra = ["--alpha", "0.3"]
+    elif change == "image":
+        images = tmp_path / "images"
+        shutil.copytree(setup["images"], images)
+        cv2.imwrite(str(images / "im0.png"), np.full((24, 32, 3), 90, np.uint8))
+    elif change == "deleted_output":
+        (out / "im1.pfv.png").unlink()
+    else:
+        (out / ".pfv-progress" / "group-000000.npz").write_bytes(b"PK\x03\x04 damaged")
+    args = ["run", str(setup["model"]), str(images), "-o", str(out), "-q", *GROUP, *extra]
+    assert main(args) == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["resume"]["groups_reused"] == 0
+    fresh = tmp_path / "fresh"
+    assert main(["run", str(setup["model"]), str(images), "-o", str(fresh), "-q", *GROUP, *extra]) == 1
+    _no_leftovers(out)
+    assert_same_results(fresh, out)
+
+
+# --------------------------------------------------------------------------- complete runs
+
+
+def test_complete_run_is_not_redone_and_overwrite_redoes_it(setup, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(setup["ref"], out)
+    before = {n: os.stat(p).st_ino for n, p in _files(out).items()}
+    assert main(_args(setup, out)) == 1  # the exit code of the finished run
+    assert {n: os.stat(p).st_ino for n, p in _files(out).items()} == before
+    assert main(_args(setup, out, "--overwrite")) == 1
+    after = {n: os.stat(p).st_ino for n, p in _files(out).items()}
+    assert sorted(after) == sorted(before) and all(after[n] != before[n] for n in before)
+    assert_same_results(setup["ref"], out)
+
+
+def test_every_run_gives_the_same_bytes(setup, tmp_path):
+    """An uninterrupted run again, elsewhere: every file byte-identical (reports: but for timings)."""
+    out = tmp_path / "again"
+    assert main(_args(setup, out)) == 1
+    assert_same_results(setup["ref"], out)
+    names = set(_files(out))
+    assert {"pfv.npz", "mosaic.png", "report.json"} <= names and {f"im{i}.pfv.png" for i in range(7)} <= names
+
+
+def test_reference_run_shape(setup):
+    """The fixture run is what the cases above assume: four groups, one failure."""
+    report = json.loads((setup["ref"] / "report.json").read_text())
+    assert [g["images"] for g in report["groups"]] == [2, 2, 2, 1]
+    assert [Path(f["file"]).name for f in report["failures"]] == ["bad.png"]
+    assert report["resume"]["groups_reused"] == 0

