@@ -13,7 +13,6 @@ bfloat16 or float64). Quantised weights are refused (see :func:`randomise_weight
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -285,6 +285,7 @@ def analyse(
     notes: list[str] = []
     wanted = [o for n in pinned.graph.node for o in n.output if o]
     missing = [o for o in wanted if o not in info or info[o].shape is None]
+    check_tensor_sizes(info, max_tensor_bytes)  # what is already known is refused before any probe run
     if missing:
         if probe is None:
             raise ModelError(f"shape inference could not type {len(missing)} tensors (e.g. {missing[0]!r}) and no probe run is possible")

@@ -419,6 +419,34 @@ def se() -> GraphCase:
     )
 
 
+def aux_head() -> GraphCase:
+    """An auxiliary classifier (GAP + Flatten + Gemm, its own output, listed first) branching
+    off the 8x8 stage, besides the main head at 4x4. The aux head's nodes come last in the
+    node list (a valid topological order): E_L is the deepest map before a collapse, not the
+    input of the collapse that happens to be listed last."""
+    n = _Net(seed=17)
+    x = "input"
+    s1 = n.conv_relu(x, 3, 8, out="stage1/relu")  # 16x16
+    t = n.conv_relu(s1, 8, 12, stride=2)
+    s2 = n.conv_relu(t, 12, 12, out="stage2/relu")  # 8x8, read by the aux head and the main path
+    t = n.conv_relu(s2, 12, 16, stride=2)
+    s4 = n.relu(n.conv(t, 16, 16, gains=_gains(16)), "stage3/relu")  # 4x4
+    t = n.op("GlobalAveragePool", [s4], "head/gap")
+    t = n.op("Flatten", [t], "head/flatten")
+    n.gemm(t, 16, 10, out="logits")
+    t = n.op("GlobalAveragePool", [s2], "aux/gap")
+    t = n.op("Flatten", [t], "aux/flatten")
+    n.gemm(t, 12, 10, out="aux_logits")
+    m = n.model("aux_head", [_vi(x, F32, ["N", 3, 16, 16])],
+                [_vi("aux_logits", F32, ["N", 10]), _vi("logits", F32, ["N", 10])])
+    return GraphCase(
+        "aux_head", m, x, (4, 3, 16, 16), "NCHW",
+        expected_decomposed=s4, expected_weighting=[s1, s2],
+        static_size=(16, 16), channels=3,
+        notes="two heads; the main one is the deepest",
+    )
+
+
 def _float_ranges(model: onnx.ModelProto, names: list[str], batch: np.ndarray) -> dict[str, float]:
     vals = fetch(model, names, batch)[1]
     return {k: float(np.abs(v).max()) for k, v in vals.items()}
@@ -623,6 +651,7 @@ CASE_FACTORIES = {
     "qop": qop,
     "fp16": fp16,
     "se": se,
+    "aux_head": aux_head,
     "linear_two": linear_two,
 }
 #: graphs on which the engine must raise PfvError

@@ -21,6 +21,7 @@ import graphs
 from pfv_onnx import PFV
 from pfv_onnx.cli import main
 from pfv_onnx.errors import InputError, ModelError, PfvError
+from pfv_onnx.model_io import image_input, infer_tensor_info, with_pinned_input
 
 CASES = [
     "missing_file", "a_folder", "random_bytes", "truncated_protobuf", "truncated_tail", "empty_file",
@@ -242,3 +243,38 @@ def test_model_with_an_output_without_batch_axis(tmp_path, image):
         totals, logits = z["output/logit_total"], z["output/logits"]
     assert totals.shape == (3,)
     np.testing.assert_allclose(totals, logits.sum(axis=1), rtol=1e-5)  # batch of one per pass
+
+
+def test_huge_tensor_is_refused_even_when_a_probe_run_is_needed(monkeypatch, tmp_path):
+    """Some tensors' shapes depend on data (shape inference cannot type them, so the engine
+    would probe-run the model); the statically known 1 TiB tensor is refused before that run."""
+    import onnxruntime
+
+    m = bad_inputs.huge_tensor_model()
+    # logits_again = Reshape(logits, Shape(logits) * (ReduceMax(x) * 0 + 1)): shape known only at run time
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero_f"))
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array(1, np.int64), "one_i"))
+    m.graph.node.extend(
+        [
+            helper.make_node("ReduceMax", ["input"], ["x_max"], keepdims=0),
+            helper.make_node("Mul", ["x_max", "zero_f"], ["x_zero"]),
+            helper.make_node("Cast", ["x_zero"], ["x_zero_i"], to=TensorProto.INT64),
+            helper.make_node("Add", ["x_zero_i", "one_i"], ["one_from_data"]),
+            helper.make_node("Shape", ["logits"], ["logits_shape"]),
+            helper.make_node("Mul", ["logits_shape", "one_from_data"], ["data_shape"]),
+            helper.make_node("Reshape", ["logits", "data_shape"], ["logits_again"]),
+        ]
+    )
+    m.graph.output.append(helper.make_tensor_value_info("logits_again", TensorProto.FLOAT, None))
+
+    info = infer_tensor_info(with_pinned_input(m, image_input(m), (1, 3, 24, 32)))
+    assert info.get("logits_again") is None or info["logits_again"].shape is None  # a probe would be needed
+
+    def no_session(*a, **k):
+        raise AssertionError("the model was run before its 1 TiB tensor was refused")
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", no_session)
+    path = tmp_path / "m.onnx"
+    onnx.save(m, str(path))
+    with pytest.raises(ModelError, match="1024.0 GiB"):
+        PFV(str(path), provider="cpu")

@@ -576,6 +576,26 @@ def test_several_inputs_need_a_name(save_model):
         PFV(path, provider="cpu").explain(case.batch())
 
 
+def test_external_data_beside_the_model(tmp_path, monkeypatch):
+    """Weights in an external file beside the model resolve from the model's folder, not the cwd."""
+    case = graphs.case("resnet")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = folder / "resnet_ext.onnx"
+    m = onnx.ModelProto()
+    m.CopyFrom(case.model)
+    onnx.save(m, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="resnet_ext.onnx.data", size_threshold=0)
+    assert (folder / "resnet_ext.onnx.data").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    b = case.batch(seed=27)
+    res = PFV(str(path), provider="cpu").explain(b)
+    assert res.feature_maps == case.all_expected
+    assert_matches(res, reference_for(case, b, res), case)
+
+
 def test_metadata_is_read(save_model):
     case = graphs.case("resnet")
     m = onnx.ModelProto()

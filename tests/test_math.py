@@ -368,3 +368,34 @@ def test_engine_fit_matches_reference(m, c):
     np.testing.assert_allclose(v, want.directions, atol=1e-4)
     pw = want.components.transpose(0, 2, 3, 1).reshape(-1, k)
     np.testing.assert_allclose(p, pw, atol=1e-4 * np.abs(pw).max())
+
+
+# ---------------------------------------------------------------------------
+# the same low-level functions on CuPy arrays
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_cupy_low_level_matches_numpy():
+    import cupy
+
+    from pfv_onnx import pca, weighting
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 5, 7)).astype(np.float32)
+    np.testing.assert_allclose(cupy.asnumpy(weighting.resize_bilinear(cupy.asarray(x), (20, 28))),
+                               ref.resize(x, (20, 28)), atol=1e-5)
+    p = rng.standard_normal((2, 3, 3, 4)).astype(np.float32)
+    sums = [rng.uniform(0, 2, (2, 1, 12, 16)).astype(np.float32), rng.uniform(0, 2, (2, 1, 6, 8)).astype(np.float32)]
+    for hier in (False, True):
+        fn = weighting.hierarchical if hier else weighting.flat
+        got = cupy.asnumpy(fn(cupy.asarray(p), [cupy.asarray(s) for s in sums], (24, 32)))
+        np.testing.assert_allclose(got, ref.weight(p, sums, (24, 32), hier), rtol=1e-5, atol=1e-5)
+    y = rng.standard_normal((3, 3, 7, 9)).astype(np.float32) ** 3
+    np.testing.assert_allclose(cupy.asnumpy(weighting.scale_colours(cupy.asarray(y), 1.0)), ref.colour_scale(y), atol=1e-5)
+    rows, _ = designed_rows(300, [5.0, 3.0, 2.0, 1.0, 0.5, 0.2], seed=8)
+    basis_np, p_np = pca.fit(rows.astype(np.float32), 3)
+    basis_cp, p_cp = pca.fit(cupy.asarray(rows.astype(np.float32)), 3)
+    np.testing.assert_allclose(np.asarray(basis_cp.eigenvalues), basis_np.eigenvalues, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(basis_cp.directions), basis_np.directions, atol=1e-4)
+    np.testing.assert_allclose(cupy.asnumpy(p_cp), p_np, atol=1e-4 * np.abs(p_np).max())
