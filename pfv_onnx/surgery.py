@@ -394,7 +394,10 @@ def _auto_decomposed(g, spatial, by_name, layouts, is_spatial, notes) -> Feature
             heads.append((i, ins[0], node.op_type))
     reason_tail = ""
     if heads:
-        pos, tensor, op = max(heads)
+        # The deepest head by longest path from the input, not by list position: an auxiliary
+        # classifier may be listed after the main head in a valid node order.
+        depth = _depths(g)
+        pos, tensor, op = max(heads, key=lambda h: (depth.get(h[1], 0), h[0]))
         reason = f"input of the collapse into the head ({op})"
         tensor, skipped = _walk_back(g, tensor, is_spatial)
         if skipped:
@@ -408,6 +411,17 @@ def _auto_decomposed(g, spatial, by_name, layouts, is_spatial, notes) -> Feature
     fm = by_name[tensor]
     notes.append(f"E_L: {fm.name} ({reason}{reason_tail})")
     return replace(fm, role=Role.DECOMPOSED, reason=f"deepest map with spatial extent: {reason}{reason_tail}")
+
+
+def _depths(g: _Graph) -> dict[str, int]:
+    """Longest path (in nodes) from the graph's inputs to every tensor."""
+    depth: dict[str, int] = {}
+    for node in g.nodes:  # topologically sorted
+        d = 1 + max((depth.get(x, 0) for x in node.input if x), default=0)
+        for out in node.output:
+            if out:
+                depth[out] = d
+    return depth
 
 
 def _walk_back(g: _Graph, tensor: str, is_spatial) -> tuple[str, list[str]]:
@@ -595,7 +609,15 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
     taps.append(TappedOutput(fm.name, out.name, False))
 
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    rewritten = gs.export_onnx(graph)
+    untyped = [o for o in graph.outputs if o.dtype is None]  # onnxruntime runs such outputs; the exporter refuses them
+    if untyped:
+        from .model_io import infer_tensor_info
+
+        known = infer_tensor_info(model)
+        for o in untyped:
+            if o.name in known and known[o.name].elem_type:
+                o.dtype = onnx.helper.tensor_dtype_to_np_dtype(known[o.name].elem_type)
+    rewritten = gs.export_onnx(graph, do_type_check=all(o.dtype is not None for o in graph.outputs))
     rewritten.ir_version = model.ir_version
     del rewritten.opset_import[:]
     rewritten.opset_import.extend(model.opset_import)

@@ -80,6 +80,11 @@ while True:
         break
     (size,) = struct.unpack("<I", head)
     kind, payload = pickle.loads(stdin.read(size))
+    if kind == "abort":  # the harness's own control: a crash
+        os.abort()
+    if kind == "sleep":  # ... and a hang
+        import time
+        time.sleep(payload)
     try:
         reply(("ok", image(payload) if kind == "image" else model(payload)))
     except PfvError as exc:
@@ -97,8 +102,22 @@ class Worker:
         self.asked = 0
         self.crashes: list[str] = []
 
+    def _stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                try:
+                    pipe.close()
+                except OSError:
+                    pass
+            self.proc = None
+
     def _start(self) -> subprocess.Popen:
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self._stop()
+        if self.proc is None:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
             )
@@ -120,7 +139,7 @@ class Worker:
             buf += chunk
         return buf
 
-    def ask(self, kind: str, payload: bytes) -> tuple[str, str]:
+    def ask(self, kind: str, payload, timeout: float = TIMEOUT_S) -> tuple[str, str]:
         proc = self._start()
         self.asked += 1
         data = pickle.dumps((kind, payload))
@@ -129,21 +148,20 @@ class Worker:
             proc.stdin.flush()
         except BrokenPipeError:
             pass
-        deadline = time.monotonic() + TIMEOUT_S
+        deadline = time.monotonic() + timeout
         head = self._read(proc, 4, deadline)
         if head is None:
-            proc.kill()
-            proc.wait()
-            return "hang", f"no answer within {TIMEOUT_S} s"
+            self._stop()
+            return "hang", f"no answer within {timeout} s"
         if len(head) < 4:
             code = proc.wait()
+            self._stop()
             self.crashes.append(f"exit status {code}")
             return "crash", f"worker died with exit status {code}"
         (size,) = struct.unpack("<I", head)
         body = self._read(proc, size, deadline)
         if body is None or len(body) < size:
-            proc.kill()
-            proc.wait()
+            self._stop()
             return "crash", "worker stopped mid-answer"
         return pickle.loads(body)
 
@@ -153,8 +171,8 @@ class Worker:
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+        self._stop()
 
 
 @pytest.fixture(scope="module")
@@ -326,14 +344,14 @@ def test_damaged_model_bytes_end_cleanly(worker, base, edits):
     assert outcome in ("ok", "clean"), f"{outcome} for {base} {edits}: {detail}"
 
 
-def test_the_worker_reports_crashes_and_hangs(worker):
-    """Control: the harness itself tells a crash and a hang from a clean answer."""
+def test_the_worker_reports_crashes_and_hangs():
+    """Control: the harness itself tells a crash and a hang from a clean answer, and goes on."""
     w = Worker()
     try:
         assert w.ask("image", b"")[0] == "clean"
-        w._start().kill()  # a worker that died
-        w.proc.wait()
-        assert w.ask("image", b"")[0] == "crash"
+        assert w.ask("abort", b"")[0] == "crash"
+        assert w.ask("sleep", 30, timeout=2.0)[0] == "hang"
         assert w.ask("image", bad_inputs.png_bytes(np.zeros((2, 2, 3), np.uint8)))[0] == "ok"  # restarted
+        assert len(w.crashes) == 1
     finally:
         w.close()
