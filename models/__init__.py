@@ -108,7 +108,7 @@ MODELS: dict[str, BundledModel] = {
         input_size=(64, 64),
         labels_file="synthetic_labels.txt",
         framework="PyTorch (TorchScript ONNX exporter, opset 17)",
-        licence="same as pfv-onnx (trained here on generated data)",
+        licence="Apache-2.0, like pfv-onnx (trained here on generated data)",
         description=(
             "Small CNN trained here on synthetic images (pfv_onnx_models.synthetic): discs, "
             "squares and triangles on cluttered backgrounds; multi-label, one sigmoid logit "
