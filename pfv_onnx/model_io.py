@@ -197,9 +197,29 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise ModelError(f"{str(p)!r} is not a readable ONNX model ({type(exc).__name__}); check the file is complete") from exc
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise ModelError(f"{str(p)!r} holds no ONNX graph; check the file is an exported model")
+    bad_text = _undecodable_text(model)
+    if bad_text is not None:
+        raise ModelError(f"{str(p)!r} holds a {bad_text} that is not valid UTF-8 text; the file is damaged")
     check_external_data(model, p.parent)
     _check_opsets(model)
     return model
+
+
+def _undecodable_text(message) -> str | None:
+    """The name of the first text field that protobuf could not decode as UTF-8 (it then
+    hands out bytes, which every later step would trip over), or None."""
+    for field, value in message.ListFields():
+        repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+        values = value if repeated else (value,)
+        if field.type == field.TYPE_STRING:
+            if any(not isinstance(v, str) for v in values):
+                return f"{message.DESCRIPTOR.name}.{field.name}"
+        elif field.type == field.TYPE_MESSAGE:
+            for v in values:
+                found = _undecodable_text(v)
+                if found is not None:
+                    return found
+    return None
 
 
 def _check_opsets(model: onnx.ModelProto) -> None:

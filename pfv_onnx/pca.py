@@ -6,6 +6,7 @@ Every function takes arrays of one module (``numpy`` or ``cupy``), picks it with
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,8 @@ from .xp import array_module, to_host
 
 # Rows per block of the float32 products whose sums are accumulated in float64.
 _BLOCK_ROWS = 2048
+# Rows per block of the Krylov products (a block of 64 rows of up to 2048 channels fits in L2).
+_APPLY_ROWS = 64
 # Up to this matrix size a full eigendecomposition costs less than an iterative top-k solver.
 _FULL_EIGH_MAX = 384
 # ``fit`` forms the smaller of the covariance and the Gram matrix when min(rows, channels) is at
@@ -23,7 +26,7 @@ _FULL_EIGH_MAX = 384
 _DENSE_MAX = 256
 # Block Krylov stops when every Ritz residual is below this fraction of the gap between the k-th
 # and the (k+1)-th Ritz value: that bounds the angle between the subspace found and the true one.
-_KRYLOV_TOL = 1e-5
+_KRYLOV_TOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,16 @@ def observations(E: Any) -> Any:
     """(N, C, h, w) map to (N*h*w, C) rows, one per spatial position (a view when E is NHWC-contiguous)."""
     xp = array_module(E)
     n, c, h, w = E.shape
+    if xp is np and E.dtype == np.float32 and E.flags.c_contiguous and c > 1 and h * w > 1:
+        # NCHW float32: OpenCV's blocked transpose of each image's (C, h*w) matrix is several
+        # times faster than NumPy's strided copy.
+        import cv2
+
+        rows = np.empty((n, h * w, c), dtype=np.float32)
+        planes = E.reshape(n, c, h * w)
+        for i in range(n):
+            cv2.transpose(planes[i], dst=rows[i])
+        return rows.reshape(n * h * w, c)
     return xp.ascontiguousarray(E.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
 
 
@@ -73,8 +86,27 @@ def check_k(k: int, n_channels: int, n_observations: int) -> None:
 def centred(X: Any) -> tuple[Any, Any]:
     """(X - mean) in float32 and the float64 column means."""
     xp = array_module(X)
-    mean = X.mean(axis=0, dtype=xp.float64)
+    mean = column_mean(X)
     return X - mean.astype(xp.float32), mean
+
+
+# Rows per block of the column sums: float32 partial sums this long stay accurate to ~1e-7.
+_SUM_ROWS = 256
+
+
+def column_mean(X: Any) -> Any:
+    """Float64 column means of (M, C) rows: float32 sums of row blocks (one matrix-vector
+    product each, a single pass over X) added up in float64."""
+    xp = array_module(X)
+    if xp is not np or X.dtype != np.float32:
+        return X.mean(axis=0, dtype=xp.float64)
+    m = X.shape[0]
+    ones = np.ones(min(m, _SUM_ROWS), dtype=np.float32)
+    total = np.zeros(X.shape[1], dtype=np.float64)
+    for start in range(0, m, _SUM_ROWS):
+        block = X[start : start + _SUM_ROWS]
+        total += ones[: block.shape[0]] @ block
+    return total / m
 
 
 def scatter(Xc: Any) -> Any:
@@ -103,13 +135,30 @@ def top_eigh(S: Any, k: int) -> tuple[Any, Any]:
     """
     xp = array_module(S)
     n = S.shape[0]
-    if n > _FULL_EIGH_MAX and k < n // 4:
-        found = block_krylov(lambda Q: to_host(S @ xp.asarray(Q)), n, k, max_dim=n // 2)
-        if found is not None:
-            vals, V = found
-            return xp.asarray(vals), xp.asarray(V)
-    vals, vecs = xp.linalg.eigh(S)
+    with single_threaded_blas():
+        if n > _FULL_EIGH_MAX and k < n // 4:
+            found = block_krylov(lambda Q: to_host(S @ xp.asarray(Q)), n, k, max_dim=n // 2)
+            if found is not None:
+                vals, V = found
+                return xp.asarray(vals), xp.asarray(V)
+        vals, vecs = xp.linalg.eigh(S)
     return vals[::-1][:k], vecs[:, ::-1][:, :k]
+
+
+def single_threaded_blas():
+    """A context that keeps NumPy's and SciPy's BLAS on one thread (with threadpoolctl installed).
+
+    The products here are thin (C x 8 blocks) or small, so one thread does them nearly as
+    fast as several; but multi-threaded OpenBLAS waits for its threads by spinning, and on a
+    machine with other work (or beside the decoding threads of ``pfv-onnx run``) each call
+    then costs tens of times more. Without threadpoolctl nothing changes.
+    """
+    try:
+        import scipy.linalg  # noqa: F401  (load SciPy's BLAS first, so the limit reaches it too)
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return contextlib.nullcontext()
+    return ThreadpoolController().limit(limits=1, user_api="blas")
 
 
 def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYLOV_TOL, seed: int = 0):
@@ -130,8 +179,9 @@ def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYL
     if n < 2 * b or max_dim < 2 * b:
         return None
     cols = min(max_dim, n) // b * b
-    K = np.empty((n, cols))  # the Krylov basis, one block of b columns per step
-    AK = np.empty((n, cols))  # A @ K
+    first_check = min(4 * b, cols)  # real spectra need 6 to 8 blocks; earlier checks rarely stop
+    K = np.empty((n, cols), order="F")  # the Krylov basis, one block of b columns per step
+    AK = np.empty((n, cols), order="F")  # A @ K
     H = np.empty((cols, cols))  # K^T A K, grown a block at a time
     G = np.empty((cols, cols))  # K^T K (the identity up to the float32 rounding of K)
     rng = np.random.default_rng(seed)
@@ -146,17 +196,18 @@ def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYL
         G[: d + b, d : d + b] = K[:, : d + b].T @ block
         G[d : d + b, :d] = G[:d, d : d + b].T
         d += b
-        try:
-            theta, U = generalised_eigh(H[:d, :d], G[:d, :d])
-        except (LinAlgError, ValueError):
-            return None
-        theta, U = theta[::-1], U[:, ::-1]
-        V = K[:, :d] @ U[:, :k]
-        residual = np.linalg.norm(AK[:, :d] @ U[:, :k] - V * theta[:k], axis=0)
-        gap = theta[k - 1] - theta[k]
-        if np.all(residual <= tol * gap) or (theta[0] <= 0 and np.all(residual == 0)):
-            V = V / np.maximum(np.linalg.norm(V, axis=0), 1e-300)
-            return theta[:k], V
+        if d >= first_check:
+            try:
+                theta, U = generalised_eigh(H[:d, :d], G[:d, :d], check_finite=False)
+            except (LinAlgError, ValueError):
+                return None
+            theta, U = theta[::-1], U[:, ::-1]
+            V = K[:, :d] @ U[:, :k]
+            residual = np.linalg.norm(AK[:, :d] @ U[:, :k] - V * theta[:k], axis=0)
+            gap = theta[k - 1] - theta[k]
+            if np.all(residual <= tol * gap) or (theta[0] <= 0 and np.all(residual == 0)):
+                V = V / np.maximum(np.linalg.norm(V, axis=0), 1e-300)
+                return theta[:k], V
         if d + b > cols:
             return None
         block = _orthonormal_block(K[:, :d], AK[:, d - b : d], rng)
@@ -206,11 +257,17 @@ def fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
     costs a few passes over X instead of forming the covariance and decomposing it.
     """
     xp = array_module(X)
+    check_k(k, X.shape[1], X.shape[0])
+    with single_threaded_blas() if xp is np else contextlib.nullcontext():
+        return _fit(X, k)
+
+
+def _fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
+    xp = array_module(X)
     m, c = X.shape
-    check_k(k, c, m)
     Xc, mean = centred(X)
     # The float32 mean leaves a small residual mean; remove its contribution exactly.
-    resid = Xc.mean(axis=0, dtype=xp.float64)
+    resid = column_mean(Xc)
     found = _fit_krylov(Xc, resid, k) if min(m, c) > _DENSE_MAX else None
     if found is not None:
         vals, V, trace = found
@@ -254,8 +311,16 @@ def _fit_krylov(Xc: Any, resid: Any, k: int):
     r = to_host(resid).astype(np.float64)
 
     def apply(Q: np.ndarray) -> np.ndarray:
-        Y = Xc @ xp.asarray(Q, dtype=xp.float32)
-        Z = to_host(Xc.T @ Y).astype(np.float64)
+        Q32 = xp.asarray(Q, dtype=xp.float32)
+        if xp is np:
+            # Xc^T (Xc Q) a row block at a time: the block is still in cache for its second product
+            Z32 = np.zeros((c, Q.shape[1]), dtype=np.float32)
+            for start in range(0, m, _APPLY_ROWS):
+                block = Xc[start : start + _APPLY_ROWS]
+                Z32 += block.T @ (block @ Q32)
+            Z = Z32.astype(np.float64)
+        else:
+            Z = to_host(Xc.T @ (Xc @ Q32)).astype(np.float64)
         return Z - m * np.outer(r, r @ Q)
 
     found = block_krylov(apply, c, k, max_dim=min(c, m - 1) // 2)

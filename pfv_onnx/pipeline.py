@@ -12,6 +12,8 @@ import numpy as np
 from .errors import InputError, ModelError
 from .feature_maps import FeatureMap, Layout
 
+MAX_MAP_VALUE = 1e15  # larger magnitudes in a tapped map are refused (float32 overflow)
+
 
 @dataclass
 class ForwardPass:
@@ -299,6 +301,18 @@ class PFV:
             self._check_outputs(batch[:step], runs[0])
         values = runs[0] if len(runs) == 1 else {k: _concat([r[k] for r in runs]) for k in runs[0]}
         by_source = {t.source: values[t.output] for t in taps}
+        chosen = {fm.name: fm for fm in analysis.chosen}
+        for t in taps:  # a graph whose shapes inference gets wrong must not reach the PCA
+            fm = chosen[t.source]
+            want = [batch.shape[0], *fm.shape[1:]]
+            if t.channel_sum:
+                want[fm.layout.channel_axis] = 1
+            got = list(getattr(by_source[t.source], "shape", ()))
+            if got != want:
+                raise ModelError(
+                    f"feature map {fm.name!r} comes out of onnxruntime with shape {got}, not {want} as shape inference "
+                    "says; the model's shapes are inconsistent (choose another tensor with --layer)"
+                )
         decomposed = self._to_nchw(by_source[analysis.decomposed.name], analysis.decomposed.layout)
         weights = [self._to_nchw(by_source[fm.name], fm.layout) for fm in analysis.weighting]
         outputs = {name: to_host(values[name]) for name in self.output_names}
@@ -381,8 +395,14 @@ class PFV:
         E = _concat([p.decomposed for p in passes])
         weights = [_concat([p.weights[i] for p in passes]) for i in range(len(passes[0].weights))]
         for name, arr in [(analysis.decomposed.name, E), *((fm.name, S) for fm, S in zip(analysis.weighting, weights))]:
-            if not bool(xp.isfinite(arr).all()):
+            peak = float(xp.abs(arr).max()) if arr.size else 0.0  # NaN when any value is NaN
+            if not np.isfinite(peak):
                 raise InputError(f"feature map {name!r} contains NaN or Inf values; check the preprocessing and the model")
+            if peak > MAX_MAP_VALUE:  # squares of such values overflow float32 in the PCA and weighting
+                raise InputError(
+                    f"feature map {name!r} has values up to {peak:.3g}, beyond {MAX_MAP_VALUE:.0e}, too large to decompose "
+                    "in float32; check the model's weights and the preprocessing"
+                )
         n, _, h, w = E.shape
         X = pca.observations(E)
         # A fitted basis (basis.FittedBasis) is checked against the model, and fixes the hierarchical peaks and colour scaling.

@@ -609,15 +609,21 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
     taps.append(TappedOutput(fm.name, out.name, False))
 
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    untyped = [o for o in graph.outputs if o.dtype is None]  # onnxruntime runs such outputs; the exporter refuses them
+    untyped = {o.name for o in graph.outputs if o.dtype is None}  # onnxruntime runs such outputs; the exporter refuses them
+    known: dict[str, onnx.TypeProto] = {}
     if untyped:
-        from .model_io import infer_tensor_info
-
-        known = infer_tensor_info(model)
-        for o in untyped:
-            if o.name in known and known[o.name].elem_type:
-                o.dtype = onnx.helper.tensor_dtype_to_np_dtype(known[o.name].elem_type)
+        try:
+            inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+            known = {v.name: v.type for v in inferred.graph.value_info if v.name in untyped and v.type.tensor_type.elem_type}
+        except Exception:  # inference gives up on some graphs; the outputs then stay untyped
+            known = {}
+        for o in graph.outputs:
+            if o.name in known:
+                o.dtype = onnx.helper.tensor_dtype_to_np_dtype(known[o.name].tensor_type.elem_type)
     rewritten = gs.export_onnx(graph, do_type_check=all(o.dtype is not None for o in graph.outputs))
+    for out in rewritten.graph.output:
+        if out.name in known:
+            out.type.CopyFrom(known[out.name])
     rewritten.ir_version = model.ir_version
     del rewritten.opset_import[:]
     rewritten.opset_import.extend(model.opset_import)

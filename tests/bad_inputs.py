@@ -245,6 +245,10 @@ def bad_model_files(folder: Path) -> dict[str, tuple[Path, str, list[str]]]:
     put("custom_domain_unregistered", with_custom_domain(register=False), r"custom operators of domain 'com\.example\.secret_ops'")
     put("opset_too_new", with_opset(99), r"opset 99 of .*upgrade (onnx and )?onnxruntime")
     put("huge_tensor", huge_tensor_model(), r"'bomb' would need 1024\.0 GiB")
+    damaged = bytearray(vgg_bytes)
+    name = graphs.vgg().model.graph.node[3].output[0].encode()
+    damaged[damaged.find(name) + 2] = 0xC4  # not valid UTF-8 any more
+    put("damaged_text", bytes(damaged), r"not valid UTF-8 text")
     ext = save_with_external_data(graphs.vgg().model, folder / "ext_missing")
     (ext.parent / "weights.bin").unlink()
     out["external_data_missing"] = (ext, r"external data file 'weights\.bin' .* missing", [])

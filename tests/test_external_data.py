@@ -124,7 +124,7 @@ def test_the_witness_sees_opens_by_onnxruntime_and_through_links(tmp_path):
         load_model(model)  # checks only: nothing opened
         assert watch.events() == []
         pfv = PFV(str(model), provider="cpu")
-        assert ("%s" % data, "open") in watch.events()
+        assert (str(data), "open") in watch.events()
     res = pfv.explain(graphs.make_batch((2, 3, 24, 32)))
     assert np.isfinite(res.rgb).all()
     os.symlink(data, tmp_path / "link.bin")
@@ -263,6 +263,10 @@ def test_model_path_that_is_a_fifo_is_refused_without_blocking(tmp_path):
     code = "import sys; from pfv_onnx.model_io import load_model\ntry:\n load_model(sys.argv[1])\nexcept Exception as e: print(type(e).__name__, e)"
     p = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
     assert p.stdout.startswith("ModelError") and "not a regular file" in p.stdout
+    cli = "import sys; from pfv_onnx.cli import main; sys.exit(main(sys.argv[1:]))"
+    for argv in (["inspect", str(fifo)], ["run", str(fifo), str(fifo), "-o", str(tmp_path / "out")]):
+        p = subprocess.run([sys.executable, "-c", cli, *argv], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 2 and "regular" in p.stderr, (argv, p.stderr)
 
 
 def test_onnx_requirement_keeps_the_fixed_releases():

@@ -259,7 +259,7 @@ def test_random_bytes_behind_an_image_signature(worker, head, body):
 
 # --------------------------------------------------------------------------- graphs
 
-BASES = {name: graphs.case(name).model for name in ("vgg", "resnet", "tf2onnx_nhwc", "se")}
+BASES = {name: graphs.case(name).model for name in sorted(graphs.CASE_FACTORIES)}  # every test graph the engine handles
 OP_TYPES = ["Relu", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Add", "Mul", "Transpose",
             "Reshape", "Identity", "Sigmoid", "Softmax", "Concat", "Gemm", "BatchNormalization", "NotAnOperator"]  # fmt: skip
 INT_VALUES = [-(1 << 31), -7, -1, 0, 1, 2, 3, 5, 1 << 16, 1 << 40]

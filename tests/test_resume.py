@@ -184,19 +184,26 @@ def test_killed_run_resumes_to_the_same_files(mode, arg, reused, setup, tmp_path
     assert_same_results(setup["ref"], out)
 
 
-def test_killed_while_writing_the_page(setup, tmp_path):
-    """With the HTML page (and its thumbnails and legend pictures) written too."""
-    args = [a for a in _args(setup, tmp_path / "ref") if a != "--no-html"]
+@pytest.fixture(scope="module")
+def with_page(setup):
+    """The arguments with the HTML page (thumbnails, legend pictures) on, and their reference run."""
+    args = [a for a in _args(setup, setup["root"] / "reference_page") if a != "--no-html"]
     assert main(args) == 1
+    return args
+
+
+@pytest.mark.parametrize("name, reused", [("im2.map.jpg", 1), ("report.html", 3)])
+def test_killed_while_writing_the_page(name, reused, setup, with_page, tmp_path):
+    """Killed while writing a thumbnail of the page (in report_files/thumbs) or the page itself."""
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-c", _WRAPPER, "write", "report.html", *args[:4], str(out), *args[5:]],
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    args = [*with_page[:4], str(out), *with_page[5:]]
+    p = subprocess.run([sys.executable, "-c", _WRAPPER, "write", name, *args], capture_output=True, text=True, timeout=300)
     assert p.returncode == -signal.SIGKILL, p.stderr
     assert_nothing_half_written(out)
-    assert main([*args[:4], str(out), *args[5:]]) == 1
-    assert json.loads((out / "report.json").read_text())["resume"]["groups_reused"] == 3
+    assert main(args) == 1
+    assert json.loads((out / "report.json").read_text())["resume"]["groups_reused"] == reused
     _no_leftovers(out)
-    assert_same_results(tmp_path / "ref", out)
+    assert_same_results(Path(with_page[4]), out)
 
 
 def test_killed_after_the_final_report_is_complete(setup, tmp_path, capsys):
@@ -250,6 +257,10 @@ def test_kept_groups_are_reused_not_recomputed(setup, killed_after_group_1, tmp_
         arrays = {k: z[k] for k in z.files}
     arrays["rgb"] = np.full_like(arrays["rgb"], 0.25)
     np.savez(saved, **arrays)
+    redone = _copy(out, tmp_path / "redone")  # the same state, resumed with --overwrite: nothing kept
+    assert main(_args(setup, redone, "--overwrite")) == 1
+    assert json.loads((redone / "report.json").read_text())["resume"]["groups_reused"] == 0
+    assert_same_results(setup["ref"], redone)
     assert main(_args(setup, out)) == 1
     assert {n: os.stat(out / n).st_ino for n in kept} == kept
     with np.load(out / "pfv.npz") as z, np.load(setup["ref"] / "pfv.npz") as r:
@@ -317,3 +328,46 @@ def test_reference_run_shape(setup):
     assert [g["images"] for g in report["groups"]] == [2, 2, 2, 1]
     assert [Path(f["file"]).name for f in report["failures"]] == ["bad.png"]
     assert report["resume"]["groups_reused"] == 0
+
+
+_WRITES: list[tuple[str, object, object]] | None = None  # set while a test records file opens
+
+
+def _record_open(event: str, args: tuple) -> None:
+    if _WRITES is not None and event == "open":
+        _WRITES.append(args[:3])
+
+
+@pytest.fixture
+def opened_for_writing():
+    """Files opened for writing while the test runs: (path, mode or None, os.open flags or None)."""
+    global _WRITES
+    if not getattr(sys, "_pfv_test_open_hook", False):
+        sys.addaudithook(_record_open)  # hooks cannot be removed; this one is idle outside the fixture
+        sys._pfv_test_open_hook = True
+    _WRITES = []
+    yield _WRITES
+    _WRITES = None
+
+
+def test_every_output_is_written_through_a_temporary_file(setup, tmp_path, opened_for_writing):
+    """No output file is ever opened for writing under its own name: each is written as a
+    temporary file in its folder and renamed over the target, so a reader or a killed run
+    sees a missing file or a complete one, never half of one."""
+    out = tmp_path / "out"
+    args = [a for a in _args(setup, out) if a != "--no-html"]  # the page and its pictures too
+    assert main(args) == 1
+    written = set()
+    for path, mode, flags in opened_for_writing:
+        p = Path(os.fsdecode(path)) if isinstance(path, (str, bytes, os.PathLike)) else None
+        if p is None or out not in p.parents:
+            continue
+        writing = (mode is not None and any(c in str(mode) for c in "wax+")) or (
+            flags is not None and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)
+        )
+        if writing:
+            written.add(p)
+    assert written, "the audit hook saw no writes at all"
+    assert all(TEMP.match(p.name) for p in written), sorted(p.name for p in written if not TEMP.match(p.name))
+    finals = {p for p in out.rglob("*") if p.is_file()}
+    assert len(finals) > 20 and not any(TEMP.match(p.name) for p in finals)

@@ -401,29 +401,46 @@ def measure_breakdown(model: Model, batch: int, size: int, repeats: int, provide
     return {"model": model.name, "batch": batch, "size": size, "steps": {k: median(v) for k, v in times.items()}}
 
 
-def measure_rss(model: Model, batch: int, size: int, provider: str) -> dict:
-    """Peak resident memory of (a) and of (b), each in a fresh process."""
+def measure_rss(model: Model, batch: int, size: int, provider: str, threads: int | None, folder: Path) -> dict:
+    """Peak resident memory of (a) and of (b), each in a fresh process, on the same saved batch."""
     out = {"model": model.name, "batch": batch, "size": size}
+    data = folder / f"batch-{model.name}-{batch}-{size}.npy"
+    np.save(data, photos(batch, size))
     for method in ("a", "b"):
-        spec = json.dumps({"model": str(model.onnx_path), "method": method, "batch": batch, "size": size, "provider": provider})
+        spec = json.dumps({"model": str(model.onnx_path), "method": method, "data": str(data), "provider": provider, "threads": threads})
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--rss-child", spec], capture_output=True, text=True)
         if proc.returncode != 0:
             out[method] = None
-            out[f"{method}_error"] = proc.stderr.strip().splitlines()[-1:] or ["failed"]
+            out[f"{method}_error"] = (proc.stderr.strip().splitlines() or ["failed"])[-1]
             continue
         out[method] = json.loads(proc.stdout.strip().splitlines()[-1])
     return out
 
 
 def rss_child(spec: str) -> None:
-    """Run one method twice in this (fresh) process and print its peak RSS in MiB."""
+    """Run one method twice in this (fresh) process and print its peak RSS in MiB.
+
+    ``start_mib`` is the peak after the imports and loading the batch, before the model.
+    """
     args = json.loads(spec)
+    set_threads(args["threads"])
+    if args["method"] == "b":
+        import pfv_onnx.pipeline  # noqa: F401  (imports count as start, for both methods alike)
+    from pfv_onnx import runtime  # noqa: F401
 
     def peak_mib() -> float:
+        # VmHWM: the high-water mark of this process's own memory. (ru_maxrss would include the
+        # parent's RSS: Linux carries it over fork and exec.)
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+        except OSError:
+            pass
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
-    x = photos(args["batch"], args["size"])
-    before = peak_mib()
+    x = np.load(args["data"])
+    start = peak_mib()
     if args["method"] == "a":
         sess = plain_session(Path(args["model"]), args["provider"])
         run = lambda: sess.run(x)  # noqa: E731
@@ -434,7 +451,32 @@ def rss_child(spec: str) -> None:
         run = lambda: pfv.explain(x)  # noqa: E731
     run()
     run()
-    print(json.dumps({"peak_mib": peak_mib(), "before_model_mib": before}))
+    print(json.dumps({"peak_mib": peak_mib(), "start_mib": start}))
+
+
+def set_threads(threads: int | None) -> None:
+    """Use ``threads`` threads in onnxruntime, PyTorch and BLAS (None: each library's default)."""
+    if not threads:
+        return
+    from pfv_onnx import runtime
+
+    original = runtime.session_options
+    if not getattr(original, "_benchmark_threads", None):
+
+        def session_options(external_data_dir=None, threads_arg=None, _orig=original):
+            return _orig(external_data_dir, threads_arg or threads)
+
+        session_options._benchmark_threads = threads  # type: ignore[attr-defined]
+        runtime.session_options = session_options
+    torch = sys.modules.get("torch")  # only when loaded: the memory children never import it
+    if torch is not None:
+        torch.set_num_threads(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads, user_api="blas")
+    except ImportError:
+        pass
 
 
 # --------------------------------------------------------------------------- (d) the command line
@@ -519,6 +561,7 @@ def print_report(result: dict) -> None:
     print("## Machine\n")
     print(f"- CPU: {m['cpu']}, {m['usable_cpus']} usable of {m['logical_cpus']} logical CPUs")
     print(f"- Python {m['python']}, NumPy {m['numpy']}, onnxruntime {m['onnxruntime']}, torch {m['torch'] or 'not installed'}")
+    print(f"- threads: {result['threads'] or 'library defaults (onnxruntime and PyTorch: one per core)'}")
     print(f"- load average before / after: {result['load_before']} / {result['load_after']}")
     print(f"- command: `{result['command']}`; total {result['wall_s']:.0f} s\n")
 
@@ -560,7 +603,7 @@ def print_report(result: dict) -> None:
                 continue
             print(
                 f"| {r['model']} | {r['batch']} | {r['size']} | {a['peak_mib']:.0f} | {b['peak_mib']:.0f} | {b['peak_mib'] / a['peak_mib']:.2f} | "
-                f"{a['peak_mib'] - a['before_model_mib']:.0f} | {b['peak_mib'] - b['before_model_mib']:.0f} |"
+                f"{a['peak_mib'] - a['start_mib']:.0f} | {b['peak_mib'] - b['start_mib']:.0f} |"
             )
         print()
 
@@ -604,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--breakdown-batch", type=int, default=32, help="batch of the time breakdown and the memory table")
     parser.add_argument("--cli-images", type=int, default=256, help="images in the folder for pfv-onnx run")
     parser.add_argument("--provider", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--threads", type=int, help="threads for onnxruntime, PyTorch and BLAS (default: each library's own, all cores)")
     parser.add_argument("--no-torch", action="store_true", help="skip column (c) even when torch is installed")
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--no-cli", action="store_true")
@@ -622,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         models = [EFFICIENTNET] if args.models == parser.get_default("models") else models
         batches, sizes, repeats, cli_images, bd_batch, cli_repeats = [1, 8], [], 3, 32, 8, 1
-    with_torch = not args.no_torch and _torch() is not None
+    with_torch = not args.no_torch and _torch() is not None  # imports torch when it is there
+    set_threads(args.threads)
     if with_torch:
         import torch
 
@@ -631,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict = {
         "machine": machine(),
         "load_before": _fmt_load(load_average()),
+        "threads": args.threads,
         "command": " ".join(["python", "tools/benchmark.py", *(argv if argv is not None else sys.argv[1:])]),
         "batches": [],
         "sizes": [],
@@ -663,7 +709,7 @@ def main(argv: list[str] | None = None) -> int:
             if m.fixed_size is None and sizes:
                 result["sizes"] += measure_sizes(m, sizes, args.size_batch, repeats, args.provider)
             if not args.no_rss:
-                result["rss"].append(measure_rss(m, bd_batch, size, args.provider))
+                result["rss"].append(measure_rss(m, bd_batch, size, args.provider, args.threads, Path(tmp)))
         if not args.no_cli and loaded and loaded[0].name == EFFICIENTNET:
             print(f"pfv-onnx run on {cli_images} images ...", file=sys.stderr, flush=True)
             result["cli"] = measure_cli(loaded[0], cli_images, 16, cli_repeats, args.provider)

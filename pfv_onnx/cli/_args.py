@@ -261,6 +261,8 @@ def check_model_path(path: str) -> Path:
         raise ModelError(f"model file not found: {path}")
     if p.is_dir():
         raise ModelError(f"the model must be an .onnx file, not a folder: {path}")
+    if not p.is_file():  # a FIFO or a device: reading it could block forever
+        raise ModelError(f"the model must be a regular .onnx file: {path}")
     return p
 
 
