@@ -1,4 +1,4 @@
-"""Fitting on Ray (a local cluster of 2 CPUs) gives the single-process basis.
+"""Fitting and running on Ray (a local cluster of 2 CPUs) give the single-process results.
 
 The tests marked ``ray`` start Ray (about 15 s) and skip when Ray is not installed;
 deselect them with ``-m 'not ray'``. A missing Ray must give a DependencyError that names
@@ -7,6 +7,7 @@ the extra to install, which is checked without Ray.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import cv2
@@ -42,6 +43,11 @@ def test_missing_ray_names_the_extra(monkeypatch, model, tmp_path, capsys):
     code = main(["fit", model, str(img), "-o", str(tmp_path / "b.npz"), "--ray", "-q", "--provider", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "pfv-onnx[ray]" in err
+    out = tmp_path / "run"
+    code = main(["run", model, str(img), "-o", str(out), "--ray", "-q", "--provider", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pfv-onnx[ray]" in err
+    assert not out.exists()  # told before anything is written
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +100,40 @@ def test_ray_fit_equals_single_process_fit(ray_cluster, tmp_path, case, model, c
     assert files_local.n_images == 9
     _assert_same_basis(files_on_ray, files_local)
     assert files_on_ray.preprocessing == files_local.preprocessing
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+def test_ray_run_equals_local_run(ray_cluster, tmp_path, model, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(8):
+        img = (rng.random((30 + 2 * i, 40 - i, 3)) * 200).astype(np.uint8)
+        cv2.rectangle(img, (3 * i, 4), (3 * i + 8, 14), (0, 255 - 20 * i, 255), -1)
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+    bad = folder / "3b.png"  # sorted between 3.png and 4.png
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    # Groups of 4 from actor batches of 3 files: a group takes rows from several actor
+    # batches, and the corrupt file's batch holds one image fewer.
+    common = [model, str(folder), "--batch-size", "3", "--group-size", "4", "--provider", "cpu", "-q", "--no-html"]
+    reports = {}
+    for name, extra in (("local", []), ("ray", ["--ray", "--actors", "2"])):
+        assert main(["run", *common, "-o", str(tmp_path / name), *extra]) == 1  # 1: a file failed
+        reports[name] = json.loads((tmp_path / name / "report.json").read_text())
+    capsys.readouterr()
+    for rep in reports.values():
+        assert [f["file"] for f in rep["failures"]] == [str(bad)]
+        assert len(rep["images"]) == 8 and len(rep["groups"]) == 2
+    assert reports["ray"]["failures"] == reports["local"]["failures"]
+    assert any("on Ray" in n for n in reports["ray"]["notes"]) and not any("on Ray" in n for n in reports["local"]["notes"])
+    assert [im["size"] for im in reports["ray"]["images"]] == [im["size"] for im in reports["local"]["images"]]
+    with np.load(tmp_path / "local" / "pfv.npz") as a, np.load(tmp_path / "ray" / "pfv.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert list(b["files"]) == list(a["files"]) == [str(folder / f"{i}.png") for i in range(8)]
+        np.testing.assert_array_equal(b["group"], a["group"])
+        compared = [k for k in a.files if k in ("rgb", "components") or k.startswith("output/")]
+        assert len(compared) >= 3
+        for key in compared:
+            np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5, err_msg=key)
+        np.testing.assert_allclose(b["eigenvalues"], a["eigenvalues"], rtol=1e-5)

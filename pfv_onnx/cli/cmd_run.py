@@ -3,6 +3,8 @@
 Colours are comparable only within one group (one decomposition): by default all
 images form one group; --group-size splits large sets. A file that cannot be read is
 reported with its reason and the run goes on (exit code 1 when any failed).
+With --ray the images are decoded and run forward on a Ray cluster (pip install
+'pfv-onnx[ray]'); the decomposition, pictures and files are made here, as without it.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "so colours contrast the features within a class",
     )
     parser.add_argument("--no-html", action="store_true", help=f"do not write the page OUTDIR/{REPORT_HTML}")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="decode and run the forward passes on Ray: the cluster at ADDRESS ('auto', 'ray://host:10001'), "
+        "else RAY_ADDRESS or a new local one (pip install 'pfv-onnx[ray]'; the model and images at the same paths on every node)",
+    )
+    parser.add_argument("--actors", type=_args.positive_int, metavar="N", help="Ray actors (default: one per GPU, else per CPU)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +84,7 @@ class _Loaded:
     seconds: float = 0.0
     hw: tuple[int, int] = (0, 0)
     notes: list[str] = field(default_factory=list)
+    part: tuple[Any, int] | None = None  # --ray: (the forward pass its actor ran, its row there)
 
 
 def _load(index: int, path: Path, prep: Preprocessing, max_pixels: int) -> _Loaded:
@@ -248,11 +260,47 @@ def _render_one(
     return files, tiles
 
 
-def _forward(pfv: PFV, tensors: list[np.ndarray], layout: str) -> Any:
-    """One forward pass over a chunk (the engine splits it for a fixed-batch model)."""
+def _forward(pfv: PFV, layout: str, items: list[_Loaded]) -> Any:
+    """One forward pass over a chunk of loaded images (the engine splits it for a fixed-batch model)."""
     from ..inputs import stack_batch
 
-    return pfv.forward(stack_batch(tensors, layout))
+    fp = pfv.forward(stack_batch([p.tensor for p in items], layout))
+    for p in items:
+        p.tensor = None
+    return fp
+
+
+def _gathered(items: list[_Loaded]) -> Any:
+    """--ray: the forward pass of a chunk, gathered from the passes the actors already ran."""
+    from ..distributed import gather_rows
+
+    fp = gather_rows([p.part for p in items])  # type: ignore[misc]
+    for p in items:
+        p.part = None
+    return fp
+
+
+def _ray_loader(args: argparse.Namespace, pfv: PFV, prep: Preprocessing, files: Sequence[Path], start: int, timings: dict[str, float], notes: list[str]) -> Iterator[_Loaded]:
+    """--ray: the files from ``files[start]``, decoded and run forward on Ray actors, in input order."""
+    from ..distributed import RunForward
+
+    options = {
+        "provider": args.provider, "layer": args.layer, "weight_layers": _args.weight_layers(args.weight_layers),
+        "input_name": args.input_name, "layout": args.layout, "k": args.k, "hierarchical": args.hierarchical,
+        "n_sigma": args.n_sigma,
+    }  # fmt: skip
+    source = RunForward(
+        pfv.model_path, files, preprocessing=prep, pfv_options=options, address=args.ray or None,
+        batch_size=args.batch_size, actors=getattr(args, "actors", None), max_pixels=args.max_pixels, start=start,
+    )  # fmt: skip
+    try:
+        if start < len(files):
+            notes.append(f"decoding and forward passes on Ray ({source.actors} actors); decode_s and forward_s are summed over them")
+        for r in source:
+            timings["forward_s"] += r.forward_s
+            yield _Loaded(r.index, files[r.index], error=r.error, seconds=r.seconds, hw=r.hw, notes=r.notes, part=r.part)
+    finally:
+        source.close()
 
 
 # --------------------------------------------------------------------------- the command
@@ -261,6 +309,7 @@ def _forward(pfv: PFV, tensors: list[np.ndarray], layout: str) -> Any:
 def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     """Run PFV over ``args.inputs`` and write everything into ``args.outdir``; returns the exit code."""
     import concurrent.futures as cf
+    import functools
 
     import numpy as np
 
@@ -283,6 +332,11 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         raise InputError(f"no image files found ({what})")
 
     pfv = _args.build_pfv(args)
+    on_ray = getattr(args, "ray", None) is not None
+    if on_ray:  # a missing extra is told before anything is written
+        from ..distributed import import_ray
+
+        import_ray()
     prep, prep_notes = _args.build_preprocessing(args, pfv)
     fitted, basis_notes = load_for_run(getattr(args, "basis", None), pfv, prep.to_dict(), args.k)
     labels, labels_source = _args.read_labels(args.labels, pfv)
@@ -391,7 +445,12 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     consumed_end = restored[-1].end if restored else 0
 
     with cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pfv-io") as pool:
-        loader = _prefetch(pool, files, prep, args.max_pixels, window=max(2 * chunk, 2 * workers), start=consumed_end)
+        if on_ray:
+            loader = _ray_loader(args, pfv, prep, files, consumed_end, timings, report["notes"])
+            forward: Any = _gathered
+        else:
+            loader = _prefetch(pool, files, prep, args.max_pixels, window=max(2 * chunk, 2 * workers), start=consumed_end)
+            forward = functools.partial(_forward, pfv, prep.layout)
         try:
             g = len(restored) - 1
             exhausted = False
@@ -413,23 +472,20 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                         failures.append({"file": str(item.path), "reason": item.error})
                         bar.update(1)
                         continue
-                    assert item.image is not None
-                    cached += item.image.bgr.nbytes
+                    cached += item.image.bgr.nbytes if item.image is not None else 0  # --ray: decoded again when rendering
                     if cached > CACHE_BYTES:
                         item.image = None  # decoded again when rendering
                     ok.append(item)
                     pending.append(item)
                     if len(pending) == chunk or len(ok) == group_size:
                         t0 = time.perf_counter()
-                        passes.append(_forward(pfv, [p.tensor for p in pending], prep.layout))
+                        passes.append(forward(pending))
                         timings["forward_s"] += time.perf_counter() - t0
-                        for p in pending:
-                            p.tensor = None
                         bar.update(len(pending))
                         pending = []
                 if pending:
                     t0 = time.perf_counter()
-                    passes.append(_forward(pfv, [p.tensor for p in pending], prep.layout))
+                    passes.append(forward(pending))
                     timings["forward_s"] += time.perf_counter() - t0
                     bar.update(len(pending))
                     pending = []
