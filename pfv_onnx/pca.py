@@ -19,6 +19,8 @@ from .xp import array_module, to_host
 _BLOCK_ROWS = 2048
 # Rows per block of the Krylov products (a block of 64 rows of up to 2048 channels fits in L2).
 _APPLY_ROWS = 64
+# Rows per block of the column sums: float32 partial sums this long stay accurate to ~1e-7.
+_SUM_ROWS = 256
 # Up to this matrix size a full eigendecomposition costs less than an iterative top-k solver.
 _FULL_EIGH_MAX = 384
 # ``fit`` forms the smaller of the covariance and the Gram matrix when min(rows, channels) is at
@@ -90,9 +92,6 @@ def centred(X: Any) -> tuple[Any, Any]:
     return X - mean.astype(xp.float32), mean
 
 
-# Rows per block of the column sums: float32 partial sums this long stay accurate to ~1e-7.
-_SUM_ROWS = 256
-
 
 def column_mean(X: Any) -> Any:
     """Float64 column means of (M, C) rows: float32 sums of row blocks (one matrix-vector
@@ -153,12 +152,22 @@ def single_threaded_blas():
     machine with other work (or beside the decoding threads of ``pfv-onnx run``) each call
     then costs tens of times more. Without threadpoolctl nothing changes.
     """
-    try:
-        import scipy.linalg  # noqa: F401  (load SciPy's BLAS first, so the limit reaches it too)
-        from threadpoolctl import ThreadpoolController
-    except ImportError:
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            import scipy.linalg  # noqa: F401  (load SciPy's BLAS first, so the limit reaches it too)
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _BLAS_CONTROLLER = False
+        else:
+            # Finding the libraries reads files (~2 ms): once per process.
+            _BLAS_CONTROLLER = ThreadpoolController()
+    if _BLAS_CONTROLLER is False:
         return contextlib.nullcontext()
-    return ThreadpoolController().limit(limits=1, user_api="blas")
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+
+
+_BLAS_CONTROLLER: Any = None
 
 
 def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYLOV_TOL, seed: int = 0):

@@ -163,7 +163,7 @@ def mosaic(
     return canvas
 
 
-def encode_png(bgr: np.ndarray, compression: int = 3) -> bytes:
+def encode_png(bgr: np.ndarray, compression: int = 1) -> bytes:
     """PNG bytes of an (H, W, 3) uint8 BGR picture (deterministic for the same pixels)."""
     import cv2
 

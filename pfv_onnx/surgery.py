@@ -558,7 +558,11 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(model)
+    graph.toposort()
     tensors = graph.tensors()
+    # Tap nodes go after the original nodes, deepest map first: onnxruntime's default order
+    # then runs each channel sum right after its map instead of holding every map to the end.
+    tap_nodes: dict[str, list[gs.Node]] = {}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 13)
     taps: list[TappedOutput] = []
     static_hw = all(isinstance(d, int) for d in analysis.input.dims[1:])
@@ -580,7 +584,7 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
         if fm.name in analysis.quant_params:
             scale, zp = analysis.quant_params[fm.name]
             deq = gs.Variable(f"pfv_onnx/{fm.name}/dequantized", dtype=np.float32)
-            graph.nodes.append(gs.Node("DequantizeLinear", inputs=[src, tensors[scale], tensors[zp]], outputs=[deq]))
+            tap_nodes.setdefault(fm.name, []).append(gs.Node("DequantizeLinear", inputs=[src, tensors[scale], tensors[zp]], outputs=[deq]))
             return deq
         return src
 
@@ -588,15 +592,15 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
         src = float_source(fm)
         if fm.dtype != "float" and fm.name not in analysis.quant_params:
             cast = gs.Variable(f"pfv_onnx/{fm.name}/float", dtype=np.float32)
-            graph.nodes.append(gs.Node("Cast", attrs={"to": TensorProto.FLOAT}, inputs=[src], outputs=[cast]))
+            tap_nodes.setdefault(fm.name, []).append(gs.Node("Cast", attrs={"to": TensorProto.FLOAT}, inputs=[src], outputs=[cast]))
             src = cast
         out = gs.Variable(output_name(fm.name, True), dtype=np.float32, shape=out_shape(fm, True))
         axis = fm.layout.channel_axis
         if opset >= 13:
             axes = gs.Constant(f"pfv_onnx/{fm.name}/axes", np.array([axis], dtype=np.int64))
-            graph.nodes.append(gs.Node("ReduceSum", attrs={"keepdims": 1}, inputs=[src, axes], outputs=[out]))
+            tap_nodes.setdefault(fm.name, []).append(gs.Node("ReduceSum", attrs={"keepdims": 1}, inputs=[src, axes], outputs=[out]))
         else:
-            graph.nodes.append(gs.Node("ReduceSum", attrs={"keepdims": 1, "axes": [axis]}, inputs=[src], outputs=[out]))
+            tap_nodes.setdefault(fm.name, []).append(gs.Node("ReduceSum", attrs={"keepdims": 1, "axes": [axis]}, inputs=[src], outputs=[out]))
         graph.outputs.append(out)
         taps.append(TappedOutput(fm.name, out.name, True))
 
@@ -604,11 +608,13 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
     src = float_source(fm)
     dtype = np.float32 if fm.name in analysis.quant_params else onnx.helper.tensor_dtype_to_np_dtype(TensorProto.DataType.Value(fm.dtype.upper()))
     out = gs.Variable(output_name(fm.name, False), dtype=dtype, shape=out_shape(fm, False))
-    graph.nodes.append(gs.Node("Identity", inputs=[src], outputs=[out]))
+    tap_nodes.setdefault(fm.name, []).append(gs.Node("Identity", inputs=[src], outputs=[out]))
     graph.outputs.append(out)
     taps.append(TappedOutput(fm.name, out.name, False))
 
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    for chosen in [analysis.decomposed, *reversed(analysis.weighting)]:
+        graph.nodes.extend(tap_nodes.get(chosen.name, []))
+    graph.cleanup(remove_unused_graph_inputs=False)
     untyped = {o.name for o in graph.outputs if o.dtype is None}  # onnxruntime runs such outputs; the exporter refuses them
     known: dict[str, onnx.TypeProto] = {}
     if untyped:

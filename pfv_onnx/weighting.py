@@ -158,13 +158,13 @@ def _hierarchical_per_image(P: np.ndarray, weights: Sequence[np.ndarray], factor
     out = np.empty((n, H, W, k), dtype=np.float32)
     hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
     maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
+    levels = [(np.empty((*S.shape[1:], k), dtype=np.float32), np.empty((*S.shape[1:], k), dtype=np.float32)) for S in maps]
     for i in range(n):
         p = hwk[i]
-        for S, f in zip(reversed(maps), reversed(factors)):
-            h, w = S.shape[1:]
-            up = np.empty((h, w, k), dtype=np.float32)
+        for S, f, (up, spread) in zip(reversed(maps), reversed(factors), reversed(levels)):
             _resize_into(p, up)
-            up *= (S[i] * np.float32(f))[:, :, None]
+            _spread(S[i] * np.float32(f), spread)
+            up *= spread
             p = up
         _resize_into(p, out[i])
     return out.transpose(0, 3, 1, 2)
@@ -223,15 +223,14 @@ def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std:
     if mean is None or std is None:
         if size == 0:
             return out
-        counts, means, squares, lows, highs = (np.empty(len(chunks)) for _ in range(5))
+        counts, means, squares = (np.empty(len(chunks)) for _ in range(3))
+        scratch = np.empty(min(_CHUNK, size), dtype=np.float32)
         for j, i in enumerate(chunks):
             part = flat_in[i : i + _CHUNK]
+            d = scratch[: part.size]
             counts[j] = part.size
             means[j] = float(part.sum(dtype=np.float32)) / part.size  # pairwise float32 sum
-            d = part - np.float32(means[j])
-            lows[j], highs[j] = d.min(), d.max()
-            lows[j] += means[j]
-            highs[j] += means[j]
+            np.subtract(part, np.float32(means[j]), out=d)
             np.square(d, out=d)
             squares[j] = float(d.sum())
         mean = float(counts @ means) / size
@@ -241,7 +240,7 @@ def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std:
         if not std > 0:
             return np.zeros_like(x)
         m32, s32 = np.float32(mean), np.float32(std)
-        lo, hi = (float(np.clip((np.float32(v) - m32) / s32, -n_sigma, n_sigma)) for v in (lows.min(), highs.max()))
+        lo, hi = (float(np.clip((np.float32(v) - m32) / s32, -n_sigma, n_sigma)) for v in (flat_in.min(), flat_in.max()))
         if hi <= lo:
             return np.zeros_like(x)
     else:

@@ -190,10 +190,31 @@ def _photo_files() -> list[Path]:
 # --------------------------------------------------------------------------- the three methods
 
 
-def plain_session(path: Path, provider: str):
-    from pfv_onnx.runtime import create_session
+class PlainSession:
+    """(a): the model as a user would run it, onnxruntime's default session options."""
 
-    return create_session(path, provider)
+    def __init__(self, path: Path, provider: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if provider in ("cuda", "auto") else ["CPUExecutionProvider"]
+        providers = [p for p in providers if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(path), so, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> dict:
+        return dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: batch})))
+
+
+_THREADS: int | None = None
+
+
+def plain_session(path: Path, provider: str) -> PlainSession:
+    return PlainSession(path, provider, _THREADS)
 
 
 class TorchHooksPFV:
@@ -298,6 +319,16 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     return times
 
 
+def paired(times: dict[str, list[float]]) -> dict[str, float]:
+    """Medians of the per-round ratios b/a and c/b: each round runs every method once, so a
+    change in the machine's load during the run moves both sides of a ratio alike."""
+    out = {}
+    for num, den in (("b", "a"), ("c", "b")):
+        if num in times and den in times:
+            out[f"{num}/{den}"] = median([x / y for x, y in zip(times[num], times[den])])
+    return out
+
+
 def median(values: list[float]) -> float:
     return float(np.median(values)) if values else float("nan")
 
@@ -341,15 +372,15 @@ def measure_batches(model: Model, batches: list[int], size: int, repeats: int, p
         if torch_pfv is not None:
             fns["c"] = lambda: torch_pfv.explain(x)
         times = interleaved(fns, repeats_for(3 * estimate, repeats))
-        row = {"model": model.name, "batch": n, "size": size, **{k: median(v) for k, v in times.items()}, "raw": times}
+        row = {"model": model.name, "batch": n, "size": size, **{k: median(v) for k, v in times.items()}, **paired(times), "raw": times}
         if torch_pfv is not None and n == batches[0]:
             _, logits = torch_pfv.explain(x)
             ref = plain.run(x)[plain.output_names[0]]
             row["torch_vs_onnx_max_logit_diff"] = float(np.abs(logits - ref).max())
         rows.append(row)
         print(f"  {model.name} batch {n} at {size} px: " + ", ".join(f"({k}) {fmt_ms(row[k])} ms" for k in fns), file=sys.stderr, flush=True)
-    if torch_pfv is None and with_torch and not note:
-        note = "(c) skipped: no PyTorch model for this network"
+    if torch_pfv is None and not note:
+        note = "(c) skipped: " + ("no PyTorch model for this network" if with_torch else "torch is not installed, or --no-torch")
     if note:
         rows[0]["note"] = note
     return rows
@@ -367,7 +398,7 @@ def measure_sizes(model: Model, sizes: list[int], batch: int, repeats: int, prov
         plain.run(x)
         estimate = time.perf_counter() - t0
         times = interleaved({"a": lambda: plain.run(x), "b": lambda: pfv.explain(x)}, repeats_for(2 * estimate, repeats))
-        rows.append({"model": model.name, "batch": batch, "size": s, "a": median(times["a"]), "b": median(times["b"]), "raw": times})
+        rows.append({"model": model.name, "batch": batch, "size": s, "a": median(times["a"]), "b": median(times["b"]), **paired(times), "raw": times})
         print(f"  {model.name} batch {batch} at {s} px: (a) {fmt_ms(rows[-1]['a'])} ms, (b) {fmt_ms(rows[-1]['b'])} ms", file=sys.stderr, flush=True)
     return rows
 
@@ -456,8 +487,10 @@ def rss_child(spec: str) -> None:
 
 def set_threads(threads: int | None) -> None:
     """Use ``threads`` threads in onnxruntime, PyTorch and BLAS (None: each library's default)."""
+    global _THREADS
     if not threads:
         return
+    _THREADS = threads
     from pfv_onnx import runtime
 
     original = runtime.session_options
@@ -518,7 +551,8 @@ def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, prov
         files = sorted(folder.glob("*.jpg"))
         # decoding + (a): the same decoding and preprocessing as the command, then plain inference
         prep = inputs.make_preprocessing("inception", size=224)
-        plain = plain_session(model.onnx_path, provider)
+        # the command runs with onnxruntime's default threads, whatever --threads says: so does its baseline
+        plain = PlainSession(model.onnx_path, provider, None)
         baseline, decode_only = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -565,19 +599,23 @@ def print_report(result: dict) -> None:
     print(f"- load average before / after: {result['load_before']} / {result['load_after']}")
     print(f"- command: `{result['command']}`; total {result['wall_s']:.0f} s\n")
 
-    print("## Batch size (224 px): (a) plain onnxruntime, (b) PFV.explain, (c) PyTorch hooks\n")
-    print("| model | batch | (a) ms | (b) ms | (c) ms | (b)/(a) | (c)/(b) | (a) ms/image | (b) ms/image |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    if result["batches"]:
+        print("## Batch size (224 px): (a) plain onnxruntime, (b) PFV.explain, (c) PyTorch hooks\n")
+        print("Times are medians; ratios are medians of the per-round ratios.\n")
+        print("| model | batch | (a) ms | (b) ms | (c) ms | (b)/(a) | (c)/(b) | (a) ms/image | (b) ms/image |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in result["batches"]:
         c = r.get("c", float("nan"))
         print(
-            f"| {r['model']} | {r['batch']} | {fmt_ms(r['a'])} | {fmt_ms(r['b'])} | {fmt_ms(c)} | {fmt_ratio(r['b'] / r['a'])} | "
-            f"{fmt_ratio(c / r['b'])} | {r['a'] / r['batch'] * 1e3:.1f} | {r['b'] / r['batch'] * 1e3:.1f} |"
+            f"| {r['model']} | {r['batch']} | {fmt_ms(r['a'])} | {fmt_ms(r['b'])} | {fmt_ms(c)} | {fmt_ratio(r['b/a'])} | "
+            f"{fmt_ratio(r.get('c/b', float('nan')))} | {r['a'] / r['batch'] * 1e3:.1f} | {r['b'] / r['batch'] * 1e3:.1f} |"
         )
     notes = [f"{r['model']}: {r['note']}" for r in result["batches"] if r.get("note")]
     checks = [f"{r['model']}: max |logit(c) - logit(a)| = {r['torch_vs_onnx_max_logit_diff']:.1e}" for r in result["batches"] if "torch_vs_onnx_max_logit_diff" in r]
+    if notes or checks:
+        print()
     for line in notes + checks:
-        print(f"\n- {line}")
+        print(f"- {line}")
     print()
 
     if result["sizes"]:
@@ -587,7 +625,7 @@ def print_report(result: dict) -> None:
         for r in result["sizes"]:
             mpix = r["batch"] * r["size"] ** 2 / 1e6
             print(
-                f"| {r['model']} | {r['batch']} | {r['size']} | {fmt_ms(r['a'])} | {fmt_ms(r['b'])} | {fmt_ratio(r['b'] / r['a'])} | "
+                f"| {r['model']} | {r['batch']} | {r['size']} | {fmt_ms(r['a'])} | {fmt_ms(r['b'])} | {fmt_ratio(r['b/a'])} | "
                 f"{r['a'] * 1e3 / mpix:.0f} | {r['b'] * 1e3 / mpix:.0f} |"
             )
         print()
