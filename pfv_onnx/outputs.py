@@ -7,6 +7,7 @@ missing file or a complete one. Equal inputs give byte-identical files.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import io
 import json
@@ -15,34 +16,43 @@ import re
 import tempfile
 import unicodedata
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 _TEMP_PREFIX = ".pfv-tmp-"
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and a rename; returns the path."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file whose content replaces ``path`` only when the block ends without error.
+
+    It is written under a temporary name beside the target, synced, then renamed into place,
+    so the target is either the old file, missing, or complete.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
-    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename; returns the path."""
+    with atomic_file(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -139,35 +149,25 @@ class RowSpool:
         extra = dict(extra or {})
         names = list(order) if order is not None else [*self._parts, *extra]
         target = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED) as zf:
-                for key in names:
-                    info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                    info.compress_type = zipfile.ZIP_STORED
-                    info.external_attr = 0o644 << 16
-                    with zf.open(info, "w", force_zip64=True) as out:
-                        if key in extra:
-                            np.lib.format.write_array(out, np.asarray(extra[key]), allow_pickle=False)
-                            continue
-                        f, dtype, tail, n = self._parts[key]
-                        f.flush()
-                        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n, *tail)}
-                        np.lib.format.write_array_header_1_0(out, header) if _fits_v1(header) else np.lib.format.write_array_header_2_0(out, header)
-                        with open(f.name, "rb") as src:
-                            while True:
-                                block = src.read(1 << 22)
-                                if not block:
-                                    break
-                                out.write(block)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_file(target) as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED) as zf:
+            for key in names:
+                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                info.compress_type = zipfile.ZIP_STORED
+                info.external_attr = 0o644 << 16
+                with zf.open(info, "w", force_zip64=True) as out:
+                    if key in extra:
+                        np.lib.format.write_array(out, np.asarray(extra[key]), allow_pickle=False)
+                        continue
+                    f, dtype, tail, n = self._parts[key]
+                    f.flush()
+                    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n, *tail)}
+                    np.lib.format.write_array_header_1_0(out, header) if _fits_v1(header) else np.lib.format.write_array_header_2_0(out, header)
+                    with open(f.name, "rb") as src:
+                        while True:
+                            block = src.read(1 << 22)
+                            if not block:
+                                break
+                            out.write(block)
         return target
 
     def close(self) -> None:

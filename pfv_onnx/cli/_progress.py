@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,6 @@ import numpy as np
 
 PROGRESS_DIR = ".pfv-progress"
 MANIFEST = "manifest.json"
-_TEMP_PREFIX = ".pfv-tmp-"  # as pfv_onnx.outputs, so clean_stale_temp_files removes leftovers
 
 
 def fingerprint(report: Mapping[str, Any], files: Sequence[Path], extra: Mapping[str, Any]) -> str:
@@ -88,19 +86,10 @@ class SavedGroup:
 
 
 def _atomic_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from ..outputs import atomic_file
+
+    with atomic_file(path) as fh:
+        np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
 
 class Progress:
