@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,38 +71,8 @@ def _parse_layout(layout: str | Layout | None) -> Layout | None:
         raise InputError(f"unknown layout {layout!r}; use NCHW or NHWC") from None
 
 
-def _input_layout(model: Any, spec: Any, forced: Layout | None) -> tuple[Layout, str]:
-    """The image input's layout as the graph determines it, with how it was found."""
-    from . import surgery
-    from .model_io import infer_tensor_info
-
-    if forced is not None:
-        return forced, "given by the caller"
-    # Propagate with the graph's own (possibly symbolic) shapes, pinned to a nominal size where
-    # the dims are unknown: consumers of the input tell its layout (Conv: NCHW, Transpose [0,3,1,2]: NHWC).
-    for guess in (Layout.NCHW, Layout.NHWC):
-        dims = list(spec.dims)
-        h_ax, w_ax = guess.spatial_axes
-        c_ax = guess.channel_axis
-        filled = [d if isinstance(d, int) else (1 if i == 0 else (3 if i == c_ax else 64)) for i, d in enumerate(dims)]
-        pinned = surgery.with_pinned_input(model, spec, tuple(filled))
-        info = infer_tensor_info(pinned)
-        g = surgery._build(pinned, info)
-        layouts = surgery._propagate_layouts(g, spec.name, None)
-        if spec.name in layouts:
-            return layouts[spec.name], "from the operators that read the input"
-    dims = spec.dims
-    if dims[1] in (1, 3, 4) and dims[3] not in (1, 3, 4):
-        return Layout.NCHW, "guessed from the input shape (channels second); give layout= if wrong"
-    if dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4):
-        return Layout.NHWC, "guessed from the input shape (channels last); give layout= if wrong"
-    raise ModelError(
-        f"cannot tell whether input {spec.name!r} (shape {list(dims)}) is NCHW or NHWC; give layout='NCHW' or 'NHWC' (--layout)"
-    )
-
-
-def _probe(provider: str, external_dir: Path):
-    """Shapes of untyped tensors from one run at batch 1 (when shape inference gives up)."""
+def _probe(input_name: str, external_dir: Path):
+    """Shapes of untyped tensors from one CPU run at batch 1 (when shape inference gives up)."""
 
     def run(pinned: Any, names: list[str], dims: tuple[int, ...]) -> dict:
         import onnx
@@ -116,10 +86,9 @@ def _probe(provider: str, external_dir: Path):
         for name in names:
             if name not in existing:
                 probe_model.graph.output.append(onnx.ValueInfoProto(name=name))
-        spec_input = next(i for i in probe_model.graph.input if i.type.tensor_type.shape.dim)
-        elem = spec_input.type.tensor_type.elem_type
+        elem = next(i for i in probe_model.graph.input if i.name == input_name).type.tensor_type.elem_type
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-        sess = create_session(probe_model, "cpu", external_data_dir=external_dir)
+        sess = create_session(probe_model, "cpu", external_data_dir=external_dir, input_name=input_name)
         values = sess.run(np.zeros(dims, dtype=np_dtype))
         out = {}
         for name in names:
@@ -153,7 +122,7 @@ class PFV:
         self_check: bool = True,
         max_tensor_bytes: int | None = None,
     ) -> None:
-        from . import model_io, runtime
+        from . import model_io, runtime, surgery
 
         self.model_path = Path(model)
         self._model = model_io.load_model(self.model_path)
@@ -161,7 +130,7 @@ class PFV:
         self.metadata = {p.key: p.value for p in self._model.metadata_props}
         self._spec = model_io.image_input(self._model, input_name)
         self.input_name = self._spec.name
-        self.input_layout, self.layout_reason = _input_layout(self._model, self._spec, _parse_layout(layout))
+        self.input_layout, self.layout_reason = surgery.input_layout(self._model, self._spec, _parse_layout(layout))
         a, b = self.input_layout.spatial_axes
         dims = self._spec.dims
         self.input_size: tuple[int | None, int | None] = (
@@ -209,7 +178,7 @@ class PFV:
                 input_layout=self.input_layout,
                 layer=self.layer,
                 weight_layers=self.weight_layers,
-                probe=_probe("cpu", self.model_path.parent),
+                probe=_probe(self.input_name, self.model_path.parent),
                 max_tensor_bytes=self._max_tensor_bytes,
             )
         return self._analyses[size]
@@ -491,13 +460,13 @@ def inspect(
     path = Path(model)
     proto = model_io.load_model(path)
     spec = model_io.image_input(proto, input_name)
-    lay, how = _input_layout(proto, spec, _parse_layout(layout))
+    lay, how = surgery.input_layout(proto, spec, _parse_layout(layout))
     a, b = lay.spatial_axes
     static = (spec.dims[a] if isinstance(spec.dims[a], int) else None, spec.dims[b] if isinstance(spec.dims[b], int) else None)
     hint = _size_hint({m.key: m.value for m in proto.metadata_props}.get("input_size", "")) or (224, 224)
     hw = tuple(size) if size else (static[0] or hint[0], static[1] or hint[1])
     analysis = surgery.analyse(
-        proto, spec, hw, input_layout=lay, layer=layer, weight_layers=weight_layers, probe=_probe("cpu", path.parent)  # type: ignore[arg-type]
+        proto, spec, hw, input_layout=lay, layer=layer, weight_layers=weight_layers, probe=_probe(spec.name, path.parent)  # type: ignore[arg-type]
     )
     notes = [f"input {spec.name!r} is {lay.value} ({how})", *analysis.notes]
     return InspectReport(spec.name, lay, spec.dims, hw, analysis.candidates, analysis.decomposed, analysis.weighting, notes)  # type: ignore[arg-type]

@@ -226,6 +226,33 @@ def _nearest_rank4_ancestor(g: _Graph, node: onnx.NodeProto, layout: dict[str, L
     return None
 
 
+def input_layout(model: onnx.ModelProto, spec: InputSpec, forced: Layout | None = None) -> tuple[Layout, str]:
+    """The image input's layout as the graph determines it, with how it was found.
+
+    The operators that read the input tell (Conv: NCHW, Transpose [0,3,1,2]: NHWC); shapes are
+    inferred with unknown dims pinned to a nominal size. Only when the graph says nothing is the
+    input shape used, and then only when the channel axis is unambiguous.
+    """
+    if forced is not None:
+        return forced, "given by the caller"
+    for guess in (Layout.NCHW, Layout.NHWC):
+        c_ax = guess.channel_axis
+        filled = tuple(d if isinstance(d, int) else (1 if i == 0 else (3 if i == c_ax else 64)) for i, d in enumerate(spec.dims))
+        pinned = with_pinned_input(model, spec, filled)  # type: ignore[arg-type]
+        g = _build(pinned, infer_tensor_info(pinned))
+        layouts = _propagate_layouts(g, spec.name, None)
+        if spec.name in layouts:
+            return layouts[spec.name], "from the operators that read the input"
+    dims = spec.dims
+    if dims[1] in (1, 3, 4) and dims[3] not in (1, 3, 4):
+        return Layout.NCHW, "guessed from the input shape (channels second); give layout= if wrong"
+    if dims[3] in (1, 3, 4) and dims[1] not in (1, 3, 4):
+        return Layout.NHWC, "guessed from the input shape (channels last); give layout= if wrong"
+    raise ModelError(
+        f"cannot tell whether input {spec.name!r} (shape {list(dims)}) is NCHW or NHWC; give layout='NCHW' or 'NHWC' (--layout)"
+    )
+
+
 def _reachable_from(g: _Graph, start: str) -> set[str]:
     seen = {start}
     stack = [start]
