@@ -457,25 +457,28 @@ def _pow2(x: float) -> float:
     return float(2.0 ** np.ceil(np.log2(x)))
 
 
-def qdq() -> GraphCase:
-    """QDQ: QuantizeLinear/DequantizeLinear around every conv, int8 weights through
-    DequantizeLinear, int32 biases; the first ReLU kept, the others folded into the uint8
-    range. The float maps are the DequantizeLinear outputs."""
-    shape = (4, 3, 16, 16)
-    # float twin with the same weights, to calibrate the activation scales
-    rng_seed = 10
+def _calibrated_float_twin(seed: int, shape: tuple[int, ...]):
+    """Conv specs, their float weights, and the activation ranges of a float twin of the
+    quantized nets (conv-relu x3, the middle one strided), used to calibrate their scales."""
     specs = [(3, 8, 1), (8, 12, 2), (12, 16, 1)]
-    fn = _Net(seed=rng_seed)
-    params = []
-    for i, (ci, co, s) in enumerate(specs):
-        params.append(fn.conv_params(ci, co, 3, gains=_gains(co) if i == 2 else None))
+    fn = _Net(seed=seed)
+    params = [fn.conv_params(ci, co, 3, gains=_gains(co) if i == 2 else None) for i, (ci, co, s) in enumerate(specs)]
     t = "x"
     outs = []
     for i, ((ci, co, s), (w, b)) in enumerate(zip(specs, params)):
         t = fn.relu(fn.conv(t, ci, co, stride=s, w=w, b=b), f"f{i}")
         outs.append(t)
     twin = fn.model("twin", [_vi("x", F32, ["N", 3, 16, 16])], [_vi(outs[-1], F32, ["N", 16, 8, 8])])
-    ranges = _float_ranges(twin, outs, make_batch(shape, 0))
+    return specs, params, _float_ranges(twin, outs, make_batch(shape, 0))
+
+
+def qdq() -> GraphCase:
+    """QDQ: QuantizeLinear/DequantizeLinear around every conv, int8 weights through
+    DequantizeLinear, int32 biases; the first ReLU kept, the others folded into the uint8
+    range. The float maps are the DequantizeLinear outputs."""
+    shape = (4, 3, 16, 16)
+    rng_seed = 10
+    specs, params, ranges = _calibrated_float_twin(rng_seed, shape)
 
     n = _Net(seed=rng_seed + 100)
     x = "x"
@@ -521,16 +524,7 @@ def qop() -> GraphCase:
     weights, MaxPool and Flatten on uint8, QLinearMatMul, DequantizeLinear on the logits.
     No float map exists: the engine must dequantize the uint8 maps itself."""
     shape = (4, 3, 16, 16)
-    specs = [(3, 8, 1), (8, 12, 2), (12, 16, 1)]
-    fn = _Net(seed=11)
-    params = [fn.conv_params(ci, co, 3, gains=_gains(co) if i == 2 else None) for i, (ci, co, s) in enumerate(specs)]
-    t = "x"
-    outs = []
-    for i, ((ci, co, s), (w, b)) in enumerate(zip(specs, params)):
-        t = fn.relu(fn.conv(t, ci, co, stride=s, w=w, b=b), f"f{i}")
-        outs.append(t)
-    twin = fn.model("twin", [_vi("x", F32, ["N", 3, 16, 16])], [_vi(outs[-1], F32, ["N", 16, 8, 8])])
-    ranges = _float_ranges(twin, outs, make_batch(shape, 0))
+    specs, params, ranges = _calibrated_float_twin(11, shape)
 
     n = _Net(seed=111)
     x = "x"
