@@ -31,11 +31,13 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+from .render import encode_jpeg
 
 REPORT_HTML = "report.html"
 ASSETS = "report_files"
 THUMBS = f"{ASSETS}/thumbs"
 LEGEND = f"{ASSETS}/legend"
+THUMB_QUALITY = 90  # JPEG quality of the thumbnails
 THUMB_SIDE = 320  # longest side of a gallery thumbnail, in pixels (shown at about half: sharp on HiDPI screens)
 PATCH_SIDE = 120  # legend patches are square PNGs of this side (shown at half: sharp on HiDPI screens)
 PATCHES = 6  # legend patches per component and sign
@@ -55,18 +57,6 @@ def _thumb_size(h: int, w: int, side: int = THUMB_SIDE) -> tuple[int, int]:
     """(height, width) of a picture of ``h`` x ``w`` shrunk to fit ``side`` (never enlarged)."""
     scale = min(1.0, side / max(h, w, 1))
     return max(1, round(h * scale)), max(1, round(w * scale))
-
-
-def _encode_jpeg(bgr: np.ndarray, quality: int = 90) -> bytes:
-    import cv2
-
-    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
-    if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):  # full-resolution colour: the maps are all colour
-        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    ok, buf = cv2.imencode(".jpg", bgr, params)
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a picture of shape {bgr.shape} as JPEG")
-    return buf.tobytes()
 
 
 def _shrink(bgr: np.ndarray) -> np.ndarray:
@@ -94,7 +84,7 @@ def write_thumbnails(outdir: str | os.PathLike[str], name: str, image_bgr: np.nd
 
     paths = _thumb_paths(name)
     for kind, pic in (("image", image_bgr), ("map", map_bgr), ("overlay", overlay_bgr)):
-        atomic_write_bytes(Path(outdir) / paths[f"thumb_{kind}"], _encode_jpeg(_shrink(pic)))
+        atomic_write_bytes(Path(outdir) / paths[f"thumb_{kind}"], encode_jpeg(_shrink(pic), THUMB_QUALITY), durable=False)
     return paths
 
 
@@ -371,11 +361,11 @@ class _Builder:
             src = out.get(kind)
             pic = cv2.imread(str(self.outdir / src), cv2.IMREAD_COLOR) if self._exists(src) else None
             if pic is not None:
-                atomic_write_bytes(self.outdir / paths[f"thumb_{kind}"], _encode_jpeg(_shrink(pic)))
+                atomic_write_bytes(self.outdir / paths[f"thumb_{kind}"], encode_jpeg(_shrink(pic), THUMB_QUALITY))
                 made[f"thumb_{kind}"] = paths[f"thumb_{kind}"]
         original = _decoded(rec["file"], rec.get("size") or [0, 0], self.max_pixels)
         if original is not None:
-            atomic_write_bytes(self.outdir / paths["thumb_image"], _encode_jpeg(_shrink(original)))
+            atomic_write_bytes(self.outdir / paths["thumb_image"], encode_jpeg(_shrink(original), THUMB_QUALITY))
             made["thumb_image"] = paths["thumb_image"]
         return made
 

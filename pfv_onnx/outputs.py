@@ -26,11 +26,14 @@ _TEMP_PREFIX = ".pfv-tmp-"
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_file(path: str | os.PathLike[str], *, durable: bool = True) -> Iterator[BinaryIO]:
     """A binary file whose content replaces ``path`` only when the block ends without error.
 
-    It is written under a temporary name beside the target, synced, then renamed into place,
-    so the target is either the old file, missing, or complete.
+    It is written under a temporary name beside the target, synced (``durable``), then renamed
+    into place, so the target is either the old file, missing, or complete. Without ``durable``
+    the rename still protects against a killed process; only a crash of the machine could
+    leave the file empty, so files written that way must be followed by :func:`sync_all`
+    before anything records them as done.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -39,7 +42,8 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:
@@ -48,11 +52,18 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> Path:
     """Write ``data`` to ``path`` through a temporary file and a rename; returns the path."""
-    with atomic_file(path) as f:
+    with atomic_file(path, durable=durable) as f:
         f.write(data)
     return Path(path)
+
+
+def sync_all() -> None:
+    """Flush every file written so far to disk: one call for many files written without ``durable``
+    (a picture per image), instead of a sync per file."""
+    if hasattr(os, "sync"):
+        os.sync()
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -135,7 +146,7 @@ class RowSpool:
         f, dtype, tail, n = self._parts[key]
         if rows.shape[1:] != tail or rows.dtype != dtype:
             raise ValueError(f"rows for {key!r} have shape {rows.shape[1:]} {rows.dtype}, earlier ones {tail} {dtype}")
-        f.write(rows.tobytes())
+        f.write(memoryview(rows).cast("B") if rows.size else b"")  # no copy of the rows
         self._parts[key] = (f, dtype, tail, n + rows.shape[0])
 
     def keys(self) -> list[str]:

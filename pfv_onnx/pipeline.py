@@ -13,6 +13,7 @@ from .errors import InputError, ModelError
 from .feature_maps import FeatureMap, Layout
 
 MAX_MAP_VALUE = 1e15  # larger magnitudes in a tapped map are refused (float32 overflow)
+SELF_CHECK_IMAGES = 2  # images of the first chunk on which the original outputs are compared once per model
 
 
 @dataclass
@@ -166,13 +167,24 @@ class PFV:
     def provider(self) -> str:
         return next(iter(self._sessions.values()))[0].provider if self._sessions else self._provider_request
 
+    def _loaded_model(self):
+        """The model's protobuf: held while PFV is built, loaded again for a new input size or a save."""
+        from . import model_io
+
+        if self._model is None:
+            model = model_io.load_model(self.model_path)
+            if model_io.file_sha256(self.model_path) != self.model_sha256:
+                raise ModelError(f"{self.model_path} changed since it was loaded; create a new PFV for the new model")
+            self._model = model
+        return self._model
+
     def analysis(self, size: tuple[int, int] | None = None):
         from . import surgery
 
         size = tuple(size or self.default_size)  # type: ignore[assignment]
         if size not in self._analyses:
             self._analyses[size] = surgery.analyse(
-                self._model,
+                self._loaded_model(),
                 self._spec,
                 size,  # type: ignore[arg-type]
                 input_layout=self.input_layout,
@@ -193,12 +205,20 @@ class PFV:
         analysis = self.analysis(size)
         key = tuple(fm.name for fm in analysis.chosen)
         if key not in self._sessions:
-            rewritten, taps = surgery.rewrite(self._model, analysis)
+            rewritten, taps = surgery.rewrite(self._loaded_model(), analysis)
+            # Only one copy of the weights at a time on the way into onnxruntime: the original
+            # protobuf goes (it is loaded again if a new input size or a save needs it), then
+            # the rewritten one once serialised.
+            self._model = None
+            data = rewritten.SerializeToString()
+            del rewritten
             names = self.output_names + [t.output for t in taps]
             sess = runtime.create_session(
-                rewritten, self._provider_request, external_data_dir=self.model_path.parent, output_names=names, input_name=self.input_name
+                data, self._provider_request, external_data_dir=self.model_path.parent, output_names=names, input_name=self.input_name
             )
+            del data
             self._sessions[key] = (sess, taps)
+            runtime.release_freed_memory()
         return analysis, self._sessions[key]
 
     def save_surgery(self, path: str | Path, size: tuple[int, int] | None = None) -> Path:
@@ -207,7 +227,7 @@ class PFV:
 
         from . import surgery
 
-        rewritten, _ = surgery.rewrite(self._model, self.analysis(size))
+        rewritten, _ = surgery.rewrite(self._loaded_model(), self.analysis(size))
         out = Path(path)
         tmp = out.with_name(out.name + ".tmp")
         uses_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in rewritten.graph.initializer)
@@ -259,15 +279,22 @@ class PFV:
         fixed = self.fixed_batch
         step = fixed if fixed else batch.shape[0]
         runs = []
+        reference = None
         for start in range(0, batch.shape[0], step):
             chunk = batch[start : start + step]
             n_real = chunk.shape[0]
             if fixed and n_real < fixed:  # pad a fixed-batch model's last chunk, then drop the padding
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n_real, axis=0)])
+            check = not runs and self._self_check and self.self_check_result is None
+            if check:
+                # The original model runs first, on a few images, and its session is gone before
+                # the rewritten one runs: the two forward passes' memory never adds up.
+                probe = chunk if fixed else chunk[:SELF_CHECK_IMAGES]
+                reference = self._original_outputs(probe)
             values = sess.run(chunk, device_outputs=tap_names)
+            if check:
+                self._check_outputs(*_same_images(reference, values, len(probe), len(chunk), self.output_names))
             runs.append({k: _per_image(v, chunk.shape[0], n_real) for k, v in values.items()})
-        if self._self_check and self.self_check_result is None:
-            self._check_outputs(batch[:step], runs[0])
         values = runs[0] if len(runs) == 1 else {k: _concat([r[k] for r in runs]) for k in runs[0]}
         by_source = {t.source: values[t.output] for t in taps}
         chosen = {fm.name: fm for fm in analysis.chosen}
@@ -303,17 +330,24 @@ class PFV:
             a = a.astype(xp.float32)
         return a if layout is Layout.NCHW else a.transpose(0, 3, 1, 2)
 
-    def _check_outputs(self, batch: np.ndarray, tapped: dict[str, Any]) -> None:
+    def _original_outputs(self, chunk: np.ndarray) -> dict[str, Any]:
+        """The unmodified model's outputs for one chunk, from a session made for it alone."""
+        from . import runtime
+
+        plain = runtime.create_session(self.model_path, "cpu", input_name=self.input_name, output_names=self.output_names, arena=False)
+        try:
+            return plain.run(chunk)
+        finally:
+            del plain
+
+    def _check_outputs(self, ref: dict[str, Any], tapped: dict[str, Any]) -> None:
         """Once per model: the original outputs must not change when the maps are tapped."""
         import warnings
 
-        from . import runtime
         from .xp import to_host
 
-        plain = runtime.create_session(self.model_path, "cpu", input_name=self.input_name, output_names=self.output_names)
-        ref = {k: _per_image(v, len(batch), len(batch)) for k, v in plain.run(batch).items()}
         worst = 0.0
-        for name in self.output_names:
+        for name in ref:
             a, b = np.asarray(ref[name]), np.asarray(to_host(tapped[name]))
             if a.shape != b.shape:
                 worst = np.inf
@@ -364,7 +398,7 @@ class PFV:
         E = _concat([p.decomposed for p in passes])
         weights = [_concat([p.weights[i] for p in passes]) for i in range(len(passes[0].weights))]
         for name, arr in [(analysis.decomposed.name, E), *((fm.name, S) for fm, S in zip(analysis.weighting, weights))]:
-            peak = float(xp.abs(arr).max()) if arr.size else 0.0  # NaN when any value is NaN
+            peak = max(-float(arr.min()), float(arr.max())) if arr.size else 0.0  # NaN when any value is NaN
             if not np.isfinite(peak):
                 raise InputError(f"feature map {name!r} contains NaN or Inf values; check the preprocessing and the model")
             if peak > MAX_MAP_VALUE:  # squares of such values overflow float32 in the PCA and weighting
@@ -386,7 +420,8 @@ class PFV:
         else:
             mapped = weighting.flat(comps, weights, hw)
         scale = {"mean": fixed.mean, "std": fixed.std} if fixed else {}
-        rgb = weighting.scale_colours(mapped, n_sigma, **scale).transpose(0, 2, 3, 1)
+        rgb = weighting.scale_colours(mapped, n_sigma, overwrite=True, **scale).transpose(0, 2, 3, 1)
+        del mapped
         outputs = {name: np.concatenate([p.outputs[name] for p in passes]) for name in passes[0].outputs}
         return PFVResult(
             rgb=np.ascontiguousarray(to_host(rgb), dtype=np.float32),
@@ -435,6 +470,23 @@ def _per_image(value: Any, n_run: int, n_real: int) -> Any:
     xp = array_module(value)
     value = xp.asarray(value)
     return xp.ascontiguousarray(xp.broadcast_to(value[None], (n_real, *value.shape)))
+
+
+def _same_images(reference: dict[str, Any], tapped: dict[str, Any], n_ref: int, n_run: int, names: Sequence[str]) -> tuple[dict, dict]:
+    """The self-check's pairs: each output of the original model on the first ``n_ref`` images
+    against the rewritten model's on the same images (of ``n_run``). An output without a
+    batch axis is compared only when both runs saw the same images."""
+    from .xp import to_host
+
+    ref, got = {}, {}
+    for name in names:
+        a, b = reference[name], to_host(tapped[name])
+        batched = getattr(a, "ndim", 0) >= 1 and getattr(b, "ndim", 0) >= 1 and a.shape[0] == n_ref and b.shape[0] == n_run
+        if batched:
+            ref[name], got[name] = a, b[:n_ref]
+        elif n_ref == n_run:
+            ref[name], got[name] = a, b
+    return ref, got
 
 
 def _concat(arrays: list[Any]) -> Any:

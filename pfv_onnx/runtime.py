@@ -63,7 +63,7 @@ def resolve_provider(provider: str) -> list[str]:
     return [CUDA, CPU]
 
 
-def session_options(external_data_dir: Path | None = None, threads: int | None = None):
+def session_options(external_data_dir: Path | None = None, threads: int | None = None, *, arena: bool = True):
     ort = _ort()
     so = ort.SessionOptions()
     # ENABLE_ALL (NCHWc layouts on x86) runs EfficientNet-Lite0 2.5x faster than EXTENDED.
@@ -74,6 +74,12 @@ def session_options(external_data_dir: Path | None = None, threads: int | None =
     so.log_severity_level = 4  # errors come back as exceptions (one line each); ORT would print them again
     if threads:
         so.intra_op_num_threads = threads
+    if not arena:
+        so.enable_cpu_mem_arena = False
+    # Worker threads sleep between runs instead of spinning: the same speed for a forward pass
+    # alone, and `pfv-onnx run`'s decoding and drawing threads get the cores (measured in
+    # docs/PERFORMANCE.md).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if external_data_dir is not None:
         # A model passed as bytes would otherwise resolve external data against the working directory.
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))
@@ -135,21 +141,27 @@ def _first_line(exc: BaseException) -> str:
 
 
 def create_session(
-    model: onnx.ModelProto | str | os.PathLike,
+    model: onnx.ModelProto | bytes | str | os.PathLike,
     provider: str = "auto",
     *,
     external_data_dir: Path | None = None,
     output_names: list[str] | None = None,
     input_name: str | None = None,
     threads: int | None = None,
+    arena: bool = True,
 ) -> Session:
+    """A session on ``provider``. ``arena=False``: no CPU memory arena, so the memory of a run
+    is given back as its tensors die (slower runs; for a session that runs once)."""
     ort = _ort()
     providers = resolve_provider(provider)
+    in_memory = isinstance(model, (onnx.ModelProto, bytes))
     if isinstance(model, onnx.ModelProto):
         source: Any = model.SerializeToString()
+    elif isinstance(model, bytes):
+        source = model
     else:
         source = str(model)
-    so = session_options(external_data_dir if isinstance(model, onnx.ModelProto) else None, threads)
+    so = session_options(external_data_dir if in_memory else None, threads, arena=arena)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -164,3 +176,25 @@ def create_session(
         raise DependencyError("the CUDA execution provider was requested but onnxruntime fell back to the CPU; check the CUDA installation")
     names = output_names or [o.name for o in sess.get_outputs()]
     return Session(sess, active, names, input_name or sess.get_inputs()[0].name)
+
+
+def release_freed_memory() -> None:
+    """Give memory that was freed back to the operating system (glibc only; elsewhere nothing).
+
+    Building a session leaves the transient copies of a model (the rewritten protobuf, its
+    serialised bytes, onnxruntime's parse) freed but kept by the C allocator: 250 MiB for
+    ResNet-50, which every later forward pass would add to. ``malloc_trim`` returns them.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)

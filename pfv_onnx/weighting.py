@@ -170,13 +170,14 @@ def _hierarchical_per_image(P: np.ndarray, weights: Sequence[np.ndarray], factor
     return out.transpose(0, 3, 1, 2)
 
 
-def scale_colours(x: Any, n_sigma: float = 1.0, *, mean: float | None = None, std: float | None = None) -> Any:
+def scale_colours(x: Any, n_sigma: float = 1.0, *, mean: float | None = None, std: float | None = None, overwrite: bool = False) -> Any:
     """Over the whole array at once: z-score, clip to [-n_sigma, n_sigma], min-max to [0, 1].
 
     One scaling for the whole batch keeps colours comparable between its images. A constant
     array (zero variance) gives zeros. Given ``mean`` and ``std`` (a fitted basis's, over a
     data set), they replace the batch's and [-n_sigma, n_sigma] maps to [0, 1] in place of
-    the batch's min and max, so no image's colours depend on the others.
+    the batch's min and max, so no image's colours depend on the others. ``overwrite``: a
+    float32 NumPy ``x`` may hold the result (no second array of its size).
 
     >>> import numpy as np
     >>> scale_colours(np.full((1, 3, 2, 2), 7.0, dtype=np.float32)).max()
@@ -187,7 +188,7 @@ def scale_colours(x: Any, n_sigma: float = 1.0, *, mean: float | None = None, st
         raise InputError(f"n_sigma must be positive, got {n_sigma}")
     fixed = mean is not None and std is not None
     if xp is np:
-        return _scale_colours_numpy(x, float(n_sigma), mean if fixed else None, std if fixed else None)
+        return _scale_colours_numpy(x, float(n_sigma), mean if fixed else None, std if fixed else None, overwrite)
     if not fixed:
         mean = x.mean(dtype=xp.float64)
         std = x.std(dtype=xp.float64)
@@ -206,7 +207,7 @@ def scale_colours(x: Any, n_sigma: float = 1.0, *, mean: float | None = None, st
 _CHUNK = 1 << 18
 
 
-def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std: float | None) -> np.ndarray:
+def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std: float | None, overwrite: bool = False) -> np.ndarray:
     """``scale_colours`` as one affine map and clip, over cache-sized chunks in memory order.
 
     z = clip((x - mean) / std, -n, n) followed by (z - lo) / (hi - lo) equals
@@ -215,9 +216,13 @@ def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std:
     The statistics take one pass (per-chunk mean and squared deviations, merged exactly in
     float64), the result a second; it has the memory layout of ``x``.
     """
+    in_place = overwrite and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.writeable
     x = np.asarray(x, dtype=np.float32)
-    out = np.empty_like(x)
-    flat_in, flat_out = x.ravel(order="K"), out.ravel(order="K")  # flat_out is a view: empty_like keeps the order
+    out = x if in_place else np.empty_like(x)
+    flat_in, flat_out = x.ravel(order="K"), out.ravel(order="K")  # views: empty_like keeps the order
+    if in_place and not np.may_share_memory(flat_out, x):  # x's strides allow no flat view: a copy came back
+        out = np.empty_like(x)
+        flat_out = out.ravel(order="K")
     size = flat_in.size
     chunks = range(0, size, _CHUNK)
     if mean is None or std is None:

@@ -165,7 +165,7 @@ def test_run_twice_gives_identical_files(vgg_run, vgg_model, image_folder, label
     _, first = vgg_run
     again = tmp_path / "again"
     assert main(["run", str(vgg_model), str(image_folder), "-o", str(again), "-q", "--labels", str(labels_file)]) == 1
-    for name in ["a__cat.pfv.png", "b__cat.overlay.png", "gray.pfv.png", "mosaic.png", "pfv.npz"]:
+    for name in ["a__cat.pfv.png", "a__cat.overlay.png", "b__cat.overlay.jpg", "gray.pfv.png", "mosaic.png", "pfv.npz"]:
         assert (again / name).read_bytes() == (first / name).read_bytes(), name
 
 

@@ -51,10 +51,10 @@ def half_written(folder, data):
 
 if mode == "write":  # killed in the middle of writing the file named `arg`
     real = outputs.atomic_write_bytes
-    def atomic_write_bytes(path, data):
+    def atomic_write_bytes(path, data, **options):
         if os.path.basename(str(path)) == arg:
             half_written(os.path.dirname(str(path)), data)
-        return real(path, data)
+        return real(path, data, **options)
     outputs.atomic_write_bytes = atomic_write_bytes
 elif mode == "saved":  # killed right after group number `arg` was saved
     real_save = _progress.Progress.save

@@ -496,8 +496,8 @@ def set_threads(threads: int | None) -> None:
     original = runtime.session_options
     if not getattr(original, "_benchmark_threads", None):
 
-        def session_options(external_data_dir=None, threads_arg=None, _orig=original):
-            return _orig(external_data_dir, threads_arg or threads)
+        def session_options(external_data_dir=None, threads_arg=None, _orig=original, **options):
+            return _orig(external_data_dir, threads_arg or threads, **options)
 
         session_options._benchmark_threads = threads  # type: ignore[attr-defined]
         runtime.session_options = session_options
@@ -699,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     batches = [int(b) for b in args.batches.split(",")]
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     repeats, cli_images, bd_batch, cli_repeats = args.repeats, args.cli_images, args.breakdown_batch, 2
     if args.quick:
         models = [EFFICIENTNET] if args.models == parser.get_default("models") else models

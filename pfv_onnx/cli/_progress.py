@@ -194,7 +194,9 @@ class Progress:
 
     def save(self, saved: SavedGroup, start: int) -> None:
         """Keep one complete group; its pictures must already be written."""
-        from ..outputs import write_json
+        from ..outputs import sync_all, write_json
+
+        sync_all()  # the group's pictures, written unsynced, reach the disk before the group counts as done
 
         if not self.folder.is_dir():
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     code = cmd_run.execute(run_args, title="pfv-onnx demo")
     outdir = Path(args.outdir)
     print(f"mosaic:    {outdir / cmd_run.MOSAIC}")
-    print(f"maps:      {outdir}{'/' if not str(outdir).endswith('/') else ''}*.pfv.png, *.overlay.png")
+    print(f"maps:      {outdir}{'/' if not str(outdir).endswith('/') else ''}*.pfv.png, *.overlay.jpg")
     print(f"report:    {outdir / cmd_run.REPORT}")
     print(f"page:      {outdir / cmd_run.REPORT_HTML} (open it in a browser)")
     return code

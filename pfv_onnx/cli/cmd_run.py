@@ -33,6 +33,8 @@ REPORT = "report.json"
 NPZ = "pfv.npz"
 MOSAIC = "mosaic.png"
 REPORT_HTML = "report.html"
+OVERLAY_FORMATS = ("auto", "png", "jpg")
+LOSSY_FORMATS = frozenset({"jpeg"})  # DecodedImage.format values whose overlays are JPEG under --overlay-format auto
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "so colours contrast the features within a class",
     )
     parser.add_argument("--no-html", action="store_true", help=f"do not write the page OUTDIR/{REPORT_HTML}")
+    parser.add_argument(
+        "--overlay-format",
+        choices=OVERLAY_FORMATS,
+        default="auto",
+        help="file format of the overlays (NAME.overlay.*). auto (default): JPEG (quality 95, full colour "
+        "resolution) for JPEG images, whose pixels are lossy already, PNG for the rest. The maps (NAME.pfv.png) are always PNG",
+    )
     parser.add_argument(
         "--ray",
         nargs="?",
@@ -232,6 +241,7 @@ def _render_one(
     max_pixels: int,
     want_tiles: bool,
     thumbs: bool = False,
+    overlay_format: str = "auto",
 ) -> tuple[dict[str, str], tuple[np.ndarray, np.ndarray] | None]:
     from .. import render
     from ..inputs import crop_box, decode_image
@@ -243,9 +253,11 @@ def _render_one(
     box = crop_box(w, h, prep)
     pic = render.map_picture(rgb, (h, w), box)
     over = render.overlay(image.bgr, pic, alpha, box)
-    files = {"map": f"{name}.pfv.png", "overlay": f"{name}.overlay.png"}
-    atomic_write_bytes(outdir / files["map"], render.encode_png(pic))
-    atomic_write_bytes(outdir / files["overlay"], render.encode_png(over))
+    jpeg = overlay_format == "jpg" or (overlay_format == "auto" and image.format in LOSSY_FORMATS)
+    files = {"map": f"{name}.pfv.png", "overlay": f"{name}.overlay.{'jpg' if jpeg else 'png'}"}
+    # Not synced one by one: the run syncs once before it records a group or itself as done.
+    atomic_write_bytes(outdir / files["map"], render.encode_png(pic), durable=False)
+    atomic_write_bytes(outdir / files["overlay"], render.encode_jpeg(over) if jpeg else render.encode_png(over), durable=False)
     if thumbs:  # the page's gallery pictures, while the full-size ones are in memory
         from ..html_report import write_thumbnails
 
@@ -317,7 +329,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     from ..basis import load_for_run
     from ..errors import InputError
     from ..inputs import collect_images, crop_box
-    from ..outputs import RowSpool, atomic_write_bytes, clean_stale_temp_files, unique_names, write_json
+    from ..outputs import RowSpool, atomic_write_bytes, clean_stale_temp_files, sync_all, unique_names, write_json
     from ..render import encode_png, mosaic
 
     _quiet_opencv()
@@ -396,7 +408,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     run_fp = _progress.fingerprint(
         report, files,
         {"alpha": args.alpha, "labels": labels, "basis_sha256": _progress.file_digest(getattr(args, "basis", None)),
-         "html": not getattr(args, "no_html", False)},
+         "html": not getattr(args, "no_html", False), "overlay_format": getattr(args, "overlay_format", "auto")},
     )  # fmt: skip
     progress = _progress.Progress(outdir, run_fp, overwrite=bool(getattr(args, "overwrite", False)))
     report["resume"] = {"fingerprint": run_fp, "groups_reused": 0}
@@ -516,8 +528,14 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                         pool.submit(
                             _render_one, outdir, names[item.index], np.asarray(res.rgb[j]), item.image,
                             item.path, prep, args.alpha, args.max_pixels, want, not getattr(args, "no_html", False),
+                            getattr(args, "overlay_format", "auto"),
                         )
                     )  # fmt: skip
+                # while the pictures are drawn: the group's arrays go to the spool
+                spool.append("rgb", np.asarray(res.rgb, dtype=np.float32))
+                spool.append("components", np.asarray(res.components, dtype=np.float32))
+                for key, val in res.outputs.items():
+                    spool.append(f"output/{key}", np.asarray(val))
                 group_images = []
                 for j, (item, fut) in enumerate(zip(ok, futures)):
                     try:
@@ -544,10 +562,6 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                 timings["render_s"] += time.perf_counter() - t0
                 bar.set_postfix_str("")
 
-                spool.append("rgb", np.asarray(res.rgb, dtype=np.float32))
-                spool.append("components", np.asarray(res.components, dtype=np.float32))
-                for key, val in res.outputs.items():
-                    spool.append(f"output/{key}", np.asarray(val))
                 if pred_output is not None and pred_classes is None:
                     pred_classes = int(np.prod(np.shape(res.outputs[pred_output])[1:]))
                 group_rows.extend([g] * len(ok))
@@ -565,7 +579,8 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                         **({"class": group_class} if group_class is not None else {}),
                     }
                 )
-                if consumed_end < len(files) and not queued:  # the last group needs no saving: the final files follow
+                last = consumed_end >= len(files) and not queued
+                if not last:  # the last group needs no saving: the final files follow
                     progress.save(
                         _progress.SavedGroup(
                             index=g, end=consumed_end, images=group_images, failures=failures[failures_mark:],
@@ -580,7 +595,8 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                         start=group_start,
                     )  # fmt: skip
                 timings["total_s"] = time.perf_counter() - t_start
-                write_json(outdir / REPORT, report)  # progress so far, replaced at the end
+                if not last:
+                    write_json(outdir / REPORT, report)  # progress so far, replaced at the end
         except BaseException:
             spool.close()
             raise
@@ -620,6 +636,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     report["status"] = "complete"
     if not getattr(args, "no_html", False):
         report["outputs"]["html"] = REPORT_HTML
+    sync_all()  # the pictures, written unsynced, reach the disk before the report calls the run complete
     timings["total_s"] = time.perf_counter() - t_start
     write_json(outdir / REPORT, report)
     if not getattr(args, "no_html", False):
