@@ -145,7 +145,7 @@ def top_eigh(S: Any, k: int) -> tuple[Any, Any]:
 
 
 def single_threaded_blas():
-    """A context that keeps NumPy's and SciPy's BLAS on one thread (with threadpoolctl installed).
+    """A context that keeps NumPy's BLAS on one thread (with threadpoolctl installed).
 
     The products here are thin (C x 8 blocks) or small, so one thread does them nearly as
     fast as several; but multi-threaded OpenBLAS waits for its threads by spinning, and on a
@@ -155,7 +155,6 @@ def single_threaded_blas():
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
         try:
-            import scipy.linalg  # noqa: F401  (load SciPy's BLAS first, so the limit reaches it too)
             from threadpoolctl import ThreadpoolController
         except ImportError:
             _BLAS_CONTROLLER = False
@@ -181,9 +180,6 @@ def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYL
     is seeded: the same input gives the same result.
     Returns (eigenvalues (k,) descending, vectors (n, k)) as host float64 arrays.
     """
-    from scipy.linalg import LinAlgError
-    from scipy.linalg import eigh as generalised_eigh
-
     b = max(2 * k + 2, 8)
     if n < 2 * b or max_dim < 2 * b:
         return None
@@ -206,10 +202,10 @@ def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYL
         G[d : d + b, :d] = G[:d, d : d + b].T
         d += b
         if d >= first_check:
-            try:
-                theta, U = generalised_eigh(H[:d, :d], G[:d, :d], check_finite=False)
-            except (LinAlgError, ValueError):
+            found = _generalised_eigh(H[:d, :d], G[:d, :d])
+            if found is None:
                 return None
+            theta, U = found
             theta, U = theta[::-1], U[:, ::-1]
             V = K[:, :d] @ U[:, :k]
             residual = np.linalg.norm(AK[:, :d] @ U[:, :k] - V * theta[:k], axis=0)
@@ -220,6 +216,24 @@ def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYL
         if d + b > cols:
             return None
         block = _orthonormal_block(K[:, :d], AK[:, d - b : d], rng)
+
+
+def _generalised_eigh(H: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Solutions of H u = theta G u (G symmetric positive definite), theta ascending, U^T G U = I.
+
+    By the Cholesky factor G = L L^T: the standard problem of L^-1 H L^-T. G is the Gram
+    matrix of a basis orthonormal up to float32 rounding, so L is near the identity. None
+    when G is not positive definite or the values are not finite.
+    """
+    try:
+        L_inv = np.linalg.inv(np.linalg.cholesky(G))
+        C = L_inv @ H @ L_inv.T
+        theta, W = np.linalg.eigh((C + C.T) / 2)
+    except np.linalg.LinAlgError:
+        return None
+    if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(W))):
+        return None
+    return theta, L_inv.T @ W
 
 
 def _orthonormal_block(K: np.ndarray, W: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -562,28 +562,46 @@ def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, prov
                 plain.run(inputs.stack_batch(xs[i : i + batch_size]))
             baseline.append(time.perf_counter() - t0)
             decode_only.append(t1 - t0)
-        runs = []
-        for r in range(repeats):
-            out = Path(tmp) / f"out{r}"
-            full = cmd + ["run", str(model.onnx_path), str(folder), "-o", str(out), "-q", "--batch-size", str(batch_size), "--provider", provider]
-            t0 = time.perf_counter()
-            proc = subprocess.run(full, capture_output=True, text=True)
-            runs.append(time.perf_counter() - t0)
-            if proc.returncode != 0:
-                return {"skipped": f"pfv-onnx run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
-            pngs = len(list(out.rglob("*.png")))
+        variants = []
+        for label, extra in (("default (JPEG overlays for JPEG images)", []), ("--overlay-format png", ["--overlay-format", "png"])):
+            runs, steps, sizes, pngs = [], [], [], 0
+            for r in range(repeats):
+                out = Path(tmp) / f"out{len(variants)}-{r}"
+                full = cmd + ["run", str(model.onnx_path), str(folder), "-o", str(out), "-q", "--batch-size", str(batch_size), "--provider", provider, *extra]
+                t0 = time.perf_counter()
+                proc = subprocess.run(full, capture_output=True, text=True)
+                runs.append(time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    return {"skipped": f"pfv-onnx run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
+                pngs = len(list(out.rglob("*.png")))
+                steps.append(json.loads((out / "report.json").read_text())["timings"])
+                sizes.append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
+                shutil.rmtree(out)
+            variants.append(
+                {
+                    "label": label,
+                    "args": extra,
+                    "run_s": median(runs),
+                    "run_images_per_s": n_images / median(runs),
+                    "pngs_written": pngs,
+                    "output_mib": median(sizes) / 2**20,
+                    # the command's own account (report.json): decoding summed over its threads
+                    "steps_s": {k: median([st[k] for st in steps]) for k in steps[0]},
+                }
+            )
         shown = f"pfv-onnx run {model.onnx_path.name} FOLDER -o OUT -q --batch-size {batch_size} --provider {provider}"
         return {
             "model": model.name,
             "images": n_images,
             "batch_size": batch_size,
             "command": shown,
-            "run_s": median(runs),
-            "run_images_per_s": n_images / median(runs),
+            "variants": variants,
+            "repeats": repeats,
+            "run_s": variants[0]["run_s"],
+            "run_images_per_s": variants[0]["run_images_per_s"],
             "decode_s": median(decode_only),
             "decode_plus_a_s": median(baseline),
             "decode_plus_a_images_per_s": n_images / median(baseline),
-            "pngs_written": pngs,
         }
 
 
@@ -662,13 +680,21 @@ def print_report(result: dict) -> None:
         if "skipped" in cli:
             print(f"- skipped: {cli['skipped']}\n")
         else:
-            print(f"- `{cli['command']}` ({cli['images']} JPEGs of 640x480, {cli['pngs_written']} PNGs written)")
-            print(f"- (d) pfv-onnx run: {cli['run_s']:.1f} s, **{cli['run_images_per_s']:.1f} images/s**")
+            print(f"- `{cli['command']}` on {cli['images']} JPEGs of 640x480, {cli.get('repeats', 3)} runs each, medians")
             print(
                 f"- decoding + (a) at batch {cli['batch_size']}: {cli['decode_plus_a_s']:.1f} s (decoding {cli['decode_s']:.1f} s), "
-                f"**{cli['decode_plus_a_images_per_s']:.1f} images/s**"
+                f"**{cli['decode_plus_a_images_per_s']:.1f} images/s**\n"
             )
-            print(f"- (d) / (decoding + (a)) in images/s: **{cli['run_images_per_s'] / cli['decode_plus_a_images_per_s']:.2f}**\n")
+            print("| (d) `pfv-onnx run` | s | images/s | (d) / (decoding + (a)) | output MiB | forward s | decompose s | drawing and writing s | other s |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for v in cli["variants"]:
+                st = v["steps_s"]
+                rest = v["run_s"] - st.get("total_s", 0.0)
+                print(
+                    f"| {v['label']} | {v['run_s']:.1f} | {v['run_images_per_s']:.1f} | **{v['run_images_per_s'] / cli['decode_plus_a_images_per_s']:.2f}** | "
+                    f"{v['output_mib']:.0f} | {st.get('forward_s', 0):.2f} | {st.get('decompose_s', 0):.2f} | {st.get('render_s', 0):.2f} | {rest:.2f} |"
+                )
+            print()
 
 
 # --------------------------------------------------------------------------- main
