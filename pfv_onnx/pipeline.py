@@ -193,6 +193,9 @@ class PFV:
                 probe=_probe(self.input_name, self.model_path.parent),
                 max_tensor_bytes=self._max_tensor_bytes,
             )
+            key = tuple(fm.name for fm in self._analyses[size].chosen)
+            if key in self._sessions:  # a session for these maps exists: the protobuf is not needed
+                self._model = None
         return self._analyses[size]
 
     def feature_maps(self, size: tuple[int, int] | None = None) -> list[FeatureMap]:

@@ -40,7 +40,7 @@ def _to_u8(x: np.ndarray) -> np.ndarray:
     """[0, 1] float to uint8, rounded half to even and saturated (one OpenCV pass; x >= 0 here)."""
     import cv2
 
-    if x.dtype != np.float32 or x.ndim != 3 or x.shape[2] > 4:
+    if x.dtype != np.float32 or x.ndim != 3 or x.shape[2] not in (3, 4) or not x.flags.c_contiguous:
         return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
     return cv2.convertScaleAbs(x, alpha=255.0)
 

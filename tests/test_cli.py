@@ -457,3 +457,64 @@ def test_defaults_come_from_model_metadata(image_folder, tmp_path, capsys):
     assert (prep["preset"], prep["color_order"], prep["size"]) == ("raw", "RGB", [16, 16])
     assert main(["inspect", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["size"] == [20, 36]
+
+
+@pytest.mark.parametrize("fmt, for_png, for_jpeg", [("auto", ".png", ".jpg"), ("png", ".png", ".png"), ("jpg", ".jpg", ".jpg")])
+def test_overlay_format(fmt, for_png, for_jpeg, vgg_model, image_folder, tmp_path):
+    """Overlays are alpha * map + (1 - alpha) * image in the chosen format; auto: JPEG for JPEG images."""
+    out = tmp_path / "out"
+    args = ["run", str(vgg_model), *(str(image_folder / g) for g in GOOD), "-o", str(out), "-q", "--alpha", "0.4"]
+    assert main([*args, "--overlay-format", fmt]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["images"]) == len(GOOD)
+    for im in report["images"]:
+        overlay = out / im["outputs"]["overlay"]
+        assert overlay.suffix == (for_jpeg if im["file"].endswith(".jpg") else for_png), im
+        assert overlay.name.startswith(im["name"] + ".overlay")
+        image = cv2.imread(im["file"], cv2.IMREAD_COLOR).astype(np.float64)
+        pic = cv2.imread(str(out / im["outputs"]["map"]), cv2.IMREAD_COLOR).astype(np.float64)
+        want = 0.4 * pic + 0.6 * image
+        got = cv2.imread(str(overlay), cv2.IMREAD_COLOR).astype(np.float64)
+        err = np.abs(got - want)
+        if overlay.suffix == ".png":
+            assert err.max() <= 1.0
+        else:
+            assert err.mean() < 3.0 and np.percentile(err, 99) < 24
+        assert im["outputs"]["overlay"] in (out / "report.html").read_text()
+
+
+def test_run_syncs_pictures_once_not_per_file(vgg_model, image_folder, tmp_path, monkeypatch):
+    """Pictures and thumbnails are written without a sync each; one sync of the disk comes before
+    the report that calls the run complete."""
+    events: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "sync", lambda: events.append("sync"))
+    from pfv_onnx import outputs
+
+    real_json = outputs.write_json
+
+    def write_json(path, data, *a, **k):
+        if Path(path).name == "report.json" and isinstance(data, dict) and data.get("status") == "complete":
+            events.append("complete report")
+        return real_json(path, data, *a, **k)
+
+    monkeypatch.setattr(outputs, "write_json", write_json)  # cmd_run imports it when it runs
+    out = tmp_path / "out"
+    assert main(["run", str(vgg_model), *(str(image_folder / g) for g in GOOD), "-o", str(out), "-q"]) == 0
+    pictures = [p for p in out.rglob("*") if p.suffix in (".png", ".jpg")]
+    assert len(pictures) >= 5 * len(GOOD)  # map, overlay and three thumbnails per image
+    assert events.count("fsync") < len(pictures)
+    assert "sync" in events and "complete report" in events
+    assert events.index("sync") < events.index("complete report")
+
+
+def test_another_overlay_format_is_not_taken_for_a_finished_run(vgg_model, image_folder, tmp_path):
+    out = tmp_path / "out"
+    args = ["run", str(vgg_model), str(image_folder / "b" / "cat.jpg"), "-o", str(out), "-q"]
+    assert main(args) == 0
+    assert json.loads((out / "report.json").read_text())["images"][0]["outputs"]["overlay"].endswith(".jpg")
+    assert main([*args, "--overlay-format", "png"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["images"][0]["outputs"]["overlay"].endswith(".png")
+    assert (out / report["images"][0]["outputs"]["overlay"]).is_file()

@@ -704,3 +704,127 @@ def test_cuda_provider_matches_reference(save_model):
     b = case.batch(seed=26)
     res = pfv.explain(b)
     assert_matches(res, reference_for(case, b, res), case, rgb_tol=1e-3)
+
+
+# ---------------------------------------------------------------------------
+# the rewritten graph's channel sums, the model's memory, the self-check
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["vgg", "resnet", "tf2onnx_nhwc", "nhwc_body", "qop", "fp16"])
+def test_channel_sum_nodes_follow_the_map_layout(name, engine, tmp_path):
+    """NCHW maps are summed by a 1x1 Conv (then a Slice of its channel 0), NHWC maps by ReduceSum;
+    either way the tapped output equals the map summed over its channels (test_forward_pass_holds_the_maps)."""
+    case = graphs.case(name)
+    pfv = engine(case)
+    saved = onnx.load(str(pfv.save_surgery(tmp_path / "rewritten.onnx")))
+    producer = {o: n for n in saved.graph.node for o in n.output}
+    for fm in pfv.analysis().weighting:
+        node = producer[f"pfv_onnx/{fm.name}/channel_sum"]
+        if fm.layout is Layout.NCHW:
+            assert node.op_type == "Slice", (fm.name, node.op_type)
+            conv = producer[node.input[0]]
+            assert conv.op_type == "Conv"
+            kernel = next(t for t in saved.graph.initializer if t.name == conv.input[1])
+            w = onnx.numpy_helper.to_array(kernel)
+            assert w.shape[1:] == (fm.channels, 1, 1) and w.shape[0] % 8 == 0 and np.all(w == 1)
+        else:
+            assert node.op_type == "ReduceSum", (fm.name, node.op_type)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_shape_inference_without_weights_sees_the_same_shapes(name):
+    """The weightless copy used for analysis types every tensor as the full model does."""
+    from pfv_onnx import model_io
+
+    case = graphs.case(name)
+    spec = model_io.image_input(case.model, case.input_name)
+    dims = tuple(case.input_shape)
+    full = model_io.infer_tensor_info(model_io.with_pinned_input(case.model, spec, dims, weights=True))
+    light_model = model_io.with_pinned_input(case.model, spec, dims)
+    assert model_io.infer_tensor_info(light_model) == full
+    assert [n.name for n in light_model.graph.initializer] == [n.name for n in case.model.graph.initializer]
+
+
+def test_weightless_copy_is_small_and_leaves_the_model_alone():
+    from pfv_onnx import model_io
+
+    case = graphs.vgg()
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    big = onnx.numpy_helper.from_array(np.ones((256, 256), np.float32), "big_unused_weight")
+    model.graph.initializer.append(big)
+    before = model.SerializeToString()
+    light = model_io.without_weights(model)
+    assert model.SerializeToString() == before
+    stub = next(t for t in light.graph.initializer if t.name == "big_unused_weight")
+    assert list(stub.dims) == [256, 256] and stub.data_type == onnx.TensorProto.FLOAT
+    assert not stub.raw_data and not stub.float_data
+    assert light.ByteSize() < model.ByteSize() - 256 * 256 * 4 + 4096
+    assert [n.name for n in light.graph.node] == [n.name for n in model.graph.node]
+
+
+def test_new_input_size_after_construction_loads_the_model_again(save_model, tmp_path):
+    """PFV lets the protobuf go once its session is built; a new size reads the file again."""
+    case = graphs.case("dynhw")
+    path = save_model(case.model, "dynhw_reload")
+    pfv = PFV(path, provider="cpu")
+    first = case.batch(shape=case.input_shape, seed=4)
+    pfv.explain(first)
+    other = case.alt_shapes[0]
+    b = case.batch(shape=other, seed=5)
+    res = pfv.explain(b)
+    assert_matches(res, reference_for(case, b, res, hierarchical=False), case)
+
+
+def test_model_file_changed_before_a_new_size_is_an_error(tmp_path):
+    case = graphs.case("dynhw")
+    path = tmp_path / "dynhw.onnx"
+    onnx.save(case.model, str(path))
+    pfv = PFV(path, provider="cpu")
+    pfv.explain(case.batch(shape=case.input_shape, seed=4))
+    changed = onnx.ModelProto()
+    changed.CopyFrom(case.model)
+    changed.producer_name = "someone else"
+    onnx.save(changed, str(path))
+    with pytest.raises(PfvError, match="changed since it was loaded"):
+        pfv.explain(case.batch(shape=case.alt_shapes[0], seed=5))
+    pfv.explain(case.batch(shape=case.input_shape, seed=6))  # the size it has a session for still runs
+
+
+def test_self_check_passes_on_a_sound_rewrite(engine):
+    case = graphs.case("resnet")
+    pfv = engine(case, cache=False)
+    assert pfv.self_check_result is None
+    pfv.forward(case.batch(n=5, seed=8))
+    assert pfv.self_check_result.startswith("ok")
+
+
+def test_self_check_warns_when_the_original_outputs_change(engine, monkeypatch):
+    """The check compares the original model's outputs on the first images with the rewritten
+    model's; a difference (here put into the original's side) is reported, not hidden."""
+    case = graphs.case("vgg")
+    pfv = engine(case, cache=False)
+    real = PFV._original_outputs
+
+    def shifted(self, chunk):
+        out = real(self, chunk)
+        return {k: np.asarray(v) + 0.5 * (np.abs(np.asarray(v)).max() + 1) for k, v in out.items()}
+
+    monkeypatch.setattr(PFV, "_original_outputs", shifted)
+    with pytest.warns(RuntimeWarning, match="change by up to"):
+        pfv.forward(case.batch(n=4, seed=9))
+    assert not pfv.self_check_result.startswith("ok")
+
+
+def test_self_check_pairs_images_and_skips_batch_statistics():
+    from pfv_onnx.pipeline import _same_images
+
+    per_image = np.arange(12.0).reshape(6, 2)
+    stat = np.array([3.0])  # no batch axis: depends on the whole batch
+    ref = {"logits": per_image[:2], "stat": np.array([1.0])}
+    got = {"logits": per_image, "stat": stat}
+    a, b = _same_images(ref, got, 2, 6, ["logits", "stat"])
+    assert list(a) == ["logits"] and np.array_equal(b["logits"], per_image[:2])
+    a, b = _same_images({"logits": per_image, "stat": stat}, got, 6, 6, ["logits", "stat"])
+    assert list(a) == ["logits", "stat"]

@@ -399,3 +399,30 @@ def test_cupy_low_level_matches_numpy():
     np.testing.assert_allclose(np.asarray(basis_cp.eigenvalues), basis_np.eigenvalues, rtol=1e-4)
     np.testing.assert_allclose(np.asarray(basis_cp.directions), basis_np.directions, atol=1e-4)
     np.testing.assert_allclose(cupy.asnumpy(p_cp), p_np, atol=1e-4 * np.abs(p_np).max())
+
+
+@pytest.mark.parametrize("n_sigma", [0.5, 1.0, 2.0])
+def test_scale_colours_in_place_equals_the_reference(n_sigma):
+    """overwrite=True writes into the input (no second array of its size) and gives the same colours."""
+    from pfv_onnx import weighting
+
+    rng = np.random.default_rng(11)
+    base = rng.standard_normal((3, 9, 7, 4)).astype(np.float32) ** 3
+    x = base.copy().transpose(0, 3, 1, 2)  # a transposed view, as the weighting returns it
+    out = weighting.scale_colours(x, n_sigma, overwrite=True)
+    np.testing.assert_allclose(out, ref.colour_scale(base.transpose(0, 3, 1, 2).astype(np.float64), n_sigma), atol=1e-5)
+    assert np.shares_memory(out, x)
+    kept = base.copy()
+    weighting.scale_colours(kept, n_sigma)
+    np.testing.assert_array_equal(kept, base)  # without overwrite the input is untouched
+
+
+def test_scale_colours_in_place_on_a_strided_view_still_answers():
+    """Every other column: no flat view exists, so the result goes to a new array, still right."""
+    from pfv_onnx import weighting
+
+    rng = np.random.default_rng(12)
+    full = rng.standard_normal((2, 3, 8, 10)).astype(np.float32)
+    x = full[:, :, :, ::2]
+    out = weighting.scale_colours(x, 1.0, overwrite=True)
+    np.testing.assert_allclose(out, ref.colour_scale(np.ascontiguousarray(x).astype(np.float64), 1.0), atol=1e-5)

@@ -141,3 +141,15 @@ def test_row_spool_matches_npz_bytes_and_cleans_up(tmp_path):
     expected = {"rgb": np.concatenate(parts), "files": small["files"], "output/logits": np.concatenate(logits)}
     assert (tmp_path / "pfv.npz").read_bytes() == npz_bytes(expected)
     assert [p.name for p in tmp_path.iterdir()] == ["pfv.npz"]  # temporary files removed
+
+
+def test_atomic_write_syncs_only_when_durable(tmp_path, monkeypatch):
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    atomic_write_bytes(tmp_path / "a.bin", b"abc")
+    assert len(calls) == 1
+    atomic_write_bytes(tmp_path / "b.bin", b"def", durable=False)
+    assert len(calls) == 1
+    assert (tmp_path / "b.bin").read_bytes() == b"def"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]

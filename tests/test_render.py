@@ -108,3 +108,25 @@ def test_encode_png_round_trip_and_deterministic():
     assert data == render.encode_png(pic)
     back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     np.testing.assert_array_equal(back, pic)
+
+
+def test_float_to_uint8_rounds_and_saturates_like_numpy():
+    """The one-pass OpenCV conversion of a map in [0, 1] equals clip(rint(255 x)) exactly, 255 x in float32."""
+    rng = np.random.default_rng(3)
+    x = rng.random((37, 41, 3), dtype=np.float32)
+    x[0, :, 0] = (np.arange(41, dtype=np.float32) + 0.5) / 255  # halfway cases: round half to even
+    x[1, :3, 1] = [0.0, 1.0, np.nextafter(np.float32(1), np.float32(0))]
+    want = np.clip(np.rint(x * np.float32(255)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(render._to_u8(x), want)
+    np.testing.assert_array_equal(render._to_u8(x[:, :, :1]), want[:, :, :1])
+
+
+def test_encode_jpeg_keeps_colour_at_full_resolution():
+    """Thin colour stripes survive (4:4:4): with 4:2:0 chroma subsampling they would blur."""
+    pic = np.zeros((32, 32, 3), np.uint8)
+    pic[:, 0::2] = (0, 0, 255)  # red and blue columns, one pixel wide
+    pic[:, 1::2] = (255, 0, 0)
+    back = cv2.imdecode(np.frombuffer(render.encode_jpeg(pic), np.uint8), cv2.IMREAD_COLOR)
+    assert back.shape == pic.shape
+    assert np.abs(back.astype(int) - pic.astype(int)).mean() < 12
+    assert render.encode_jpeg(pic) == render.encode_jpeg(pic)

@@ -166,3 +166,26 @@ def test_krylov_on_cupy_matches_full_eigh():
     np.testing.assert_allclose(basis.eigenvalues, vals, rtol=EIG_RTOL)
     p = cp.asnumpy(p).astype(np.float64)
     assert np.abs(p - proj).max() / np.abs(proj).max() <= MAP_TOL
+
+
+@pytest.mark.parametrize("d", [8, 24, 64])
+def test_generalised_ritz_problem_against_its_definition(d):
+    """H u = theta G u with U^T G U = I, checked on the definition and against the eigenvalues
+    of G^-1 H computed by NumPy's general (non-symmetric) solver."""
+    rng = np.random.default_rng(d)
+    A = rng.standard_normal((d, d))
+    H = A @ A.T
+    E = 1e-4 * rng.standard_normal((d, d))
+    G = np.eye(d) + (E + E.T) / 2  # a nearly orthonormal basis's Gram matrix
+    theta, U = pca._generalised_eigh(H, G)
+    assert np.all(np.diff(theta) >= 0)
+    np.testing.assert_allclose(H @ U, G @ U * theta, atol=1e-8 * np.abs(H).max())
+    np.testing.assert_allclose(U.T @ G @ U, np.eye(d), atol=1e-10)
+    other = np.sort(np.linalg.eigvals(np.linalg.solve(G, H)).real)
+    np.testing.assert_allclose(theta, other, rtol=1e-8, atol=1e-8 * theta.max())
+
+
+def test_generalised_ritz_problem_refuses_an_indefinite_gram_matrix():
+    H = np.eye(3)
+    G = np.diag([1.0, -1.0, 1.0])
+    assert pca._generalised_eigh(H, G) is None
