@@ -177,13 +177,7 @@ def encode_png(bgr: np.ndarray, compression: int = 1) -> bytes:
     """
     import cv2
 
-    params = [cv2.IMWRITE_PNG_COMPRESSION, int(compression)]
-    if hasattr(cv2, "IMWRITE_PNG_FILTER"):
-        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
-    ok, buf = cv2.imencode(".png", bgr, params)
-    if not ok:
-        raise ValueError(f"OpenCV could not encode a picture of shape {bgr.shape} as PNG")
-    return buf.tobytes()
+    return _encode(bgr, ".png", [cv2.IMWRITE_PNG_COMPRESSION, int(compression)], ("IMWRITE_PNG_FILTER", "IMWRITE_PNG_FILTER_UP"))
 
 
 def encode_jpeg(bgr: np.ndarray, quality: int = 95) -> bytes:
@@ -193,10 +187,19 @@ def encode_jpeg(bgr: np.ndarray, quality: int = 95) -> bytes:
     """
     import cv2
 
-    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
-    if hasattr(cv2, "IMWRITE_JPEG_SAMPLING_FACTOR"):
-        params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
-    ok, buf = cv2.imencode(".jpg", bgr, params)
+    return _encode(
+        bgr, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality)], ("IMWRITE_JPEG_SAMPLING_FACTOR", "IMWRITE_JPEG_SAMPLING_FACTOR_444")
+    )
+
+
+def _encode(bgr: np.ndarray, ext: str, params: list[int], optional: tuple[str, str]) -> bytes:
+    """``cv2.imencode`` with ``params``, plus the flag and value named in ``optional`` when this OpenCV has them."""
+    import cv2
+
+    flag, value = (getattr(cv2, name, None) for name in optional)
+    if flag is not None and value is not None:
+        params = [*params, flag, value]
+    ok, buf = cv2.imencode(ext, bgr, params)
     if not ok:
-        raise ValueError(f"OpenCV could not encode a picture of shape {bgr.shape} as JPEG")
+        raise ValueError(f"OpenCV could not encode a picture of shape {bgr.shape} as {ext[1:].upper()}")
     return buf.tobytes()

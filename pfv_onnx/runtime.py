@@ -76,10 +76,8 @@ def session_options(external_data_dir: Path | None = None, threads: int | None =
         so.intra_op_num_threads = threads
     if not arena:
         so.enable_cpu_mem_arena = False
-    # Worker threads sleep between runs instead of spinning: the same speed for a forward pass
-    # alone, and `pfv-onnx run`'s decoding and drawing threads get the cores (measured in
-    # docs/PERFORMANCE.md).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Spinning worker threads stay on (onnxruntime's default): without them back-to-back forward
+    # passes of EfficientNet-Lite0 ran 10-15% slower at 2 threads (docs/PERFORMANCE.md).
     if external_data_dir is not None:
         # A model passed as bytes would otherwise resolve external data against the working directory.
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))
