@@ -122,6 +122,7 @@ class PFV:
         layout: str | Layout | None = None,
         self_check: bool = True,
         max_tensor_bytes: int | None = None,
+        spinning: bool = True,
     ) -> None:
         from . import model_io, runtime, surgery
 
@@ -148,6 +149,7 @@ class PFV:
         runtime.resolve_provider(provider)  # fails early for a missing CUDA provider
         self._max_tensor_bytes = max_tensor_bytes or model_io.DEFAULT_MAX_TENSOR_BYTES
         self._self_check = self_check
+        self._spinning = spinning
         self.self_check_result: str | None = None
         self._analyses: dict[tuple[int, int], Any] = {}
         self._sessions: dict[tuple[str, ...], Any] = {}
@@ -217,7 +219,8 @@ class PFV:
             del rewritten
             names = self.output_names + [t.output for t in taps]
             sess = runtime.create_session(
-                data, self._provider_request, external_data_dir=self.model_path.parent, output_names=names, input_name=self.input_name
+                data, self._provider_request, external_data_dir=self.model_path.parent, output_names=names, input_name=self.input_name,
+                spinning=self._spinning,
             )
             del data
             self._sessions[key] = (sess, taps)

@@ -63,7 +63,7 @@ def resolve_provider(provider: str) -> list[str]:
     return [CUDA, CPU]
 
 
-def session_options(external_data_dir: Path | None = None, threads: int | None = None, *, arena: bool = True):
+def session_options(external_data_dir: Path | None = None, threads: int | None = None, *, arena: bool = True, spinning: bool = True):
     ort = _ort()
     so = ort.SessionOptions()
     # ENABLE_ALL (NCHWc layouts on x86) runs EfficientNet-Lite0 2.5x faster than EXTENDED.
@@ -76,8 +76,11 @@ def session_options(external_data_dir: Path | None = None, threads: int | None =
         so.intra_op_num_threads = threads
     if not arena:
         so.enable_cpu_mem_arena = False
-    # Spinning worker threads stay on (onnxruntime's default): without them back-to-back forward
-    # passes of EfficientNet-Lite0 ran 10-15% slower at 2 threads (docs/PERFORMANCE.md).
+    # Spinning worker threads (onnxruntime's default) make back-to-back forward passes 10-15%
+    # faster at 2 threads; where other threads share the cores (the command line decodes and
+    # draws beside the passes) they steal them, and sleeping threads are faster (docs/PERFORMANCE.md).
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if external_data_dir is not None:
         # A model passed as bytes would otherwise resolve external data against the working directory.
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))
@@ -147,9 +150,11 @@ def create_session(
     input_name: str | None = None,
     threads: int | None = None,
     arena: bool = True,
+    spinning: bool = True,
 ) -> Session:
     """A session on ``provider``. ``arena=False``: no CPU memory arena, so the memory of a run
-    is given back as its tensors die (slower runs; for a session that runs once)."""
+    is given back as its tensors die (slower runs; for a session that runs once).
+    ``spinning=False``: idle worker threads sleep instead of spinning (see session_options)."""
     ort = _ort()
     providers = resolve_provider(provider)
     in_memory = isinstance(model, (onnx.ModelProto, bytes))
@@ -159,7 +164,7 @@ def create_session(
         source = model
     else:
         source = str(model)
-    so = session_options(external_data_dir if in_memory else None, threads, arena=arena)
+    so = session_options(external_data_dir if in_memory else None, threads, arena=arena, spinning=spinning)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

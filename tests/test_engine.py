@@ -828,3 +828,24 @@ def test_self_check_pairs_images_and_skips_batch_statistics():
     assert list(a) == ["logits"] and np.array_equal(b["logits"], per_image[:2])
     a, b = _same_images({"logits": per_image, "stat": stat}, got, 6, 6, ["logits", "stat"])
     assert list(a) == ["logits", "stat"]
+
+
+def test_spinning_option_reaches_onnxruntime(save_model):
+    """spinning=False (what the command line asks for) sets onnxruntime's allow_spinning to 0."""
+    import argparse
+
+    from pfv_onnx.cli import _args
+
+    path = save_model(graphs.case("vgg").model, "vgg")
+
+    def allow_spinning(pfv: PFV) -> str:
+        (sess, _), = pfv._sessions.values()
+        options = sess.session.get_session_options()
+        try:
+            return options.get_session_config_entry("session.intra_op.allow_spinning")
+        except Exception:  # not set: onnxruntime's default, spinning
+            return "1"
+
+    assert allow_spinning(PFV(path, provider="cpu")) == "1"
+    assert allow_spinning(PFV(path, provider="cpu", spinning=False)) == "0"
+    assert allow_spinning(_args.build_pfv(argparse.Namespace(model=path, provider="cpu"))) == "0"

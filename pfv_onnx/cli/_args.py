@@ -279,6 +279,9 @@ def build_pfv(args: argparse.Namespace, model: str | os.PathLike[str] | None = N
         "weight_layers": weight_layers(getattr(args, "weight_layers", None)),
         "input_name": getattr(args, "input_name", None),
         "layout": getattr(args, "layout", None),
+        # the commands decode and draw on other threads beside the forward passes: idle
+        # onnxruntime workers sleep rather than spin on the cores those threads need
+        "spinning": False,
     }
     if hasattr(args, "k"):
         kwargs.update(k=args.k, hierarchical=args.hierarchical, n_sigma=args.n_sigma)
