@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError, ModelError
+from .errors import InputError, ModelError, PfvError
 from .feature_maps import FeatureMap, Layout
 
 MAX_MAP_VALUE = 1e15  # larger magnitudes in a tapped map are refused (float32 overflow)
@@ -127,6 +127,7 @@ class PFV:
         from . import model_io, runtime, surgery
 
         self.model_path = Path(model)
+        self._model_file = self.model_path.resolve()  # read again later, whatever the working directory then
         self._model = model_io.load_model(self.model_path)
         self.model_sha256 = model_io.file_sha256(self.model_path)
         self.metadata = {p.key: p.value for p in self._model.metadata_props}
@@ -169,13 +170,20 @@ class PFV:
     def provider(self) -> str:
         return next(iter(self._sessions.values()))[0].provider if self._sessions else self._provider_request
 
+    def _conv_sums(self) -> bool:
+        """Channel sums as 1x1 convolutions on the CPU provider only: there they fit onnxruntime's
+        NCHWc layouts; CUDA convolutions may run in TF32, which would round the summed maps."""
+        from . import runtime
+
+        return runtime.CUDA not in runtime.resolve_provider(self._provider_request)
+
     def _loaded_model(self):
         """The model's protobuf: held while PFV is built, loaded again for a new input size or a save."""
         from . import model_io
 
         if self._model is None:
-            model = model_io.load_model(self.model_path)
-            if model_io.file_sha256(self.model_path) != self.model_sha256:
+            model = model_io.load_model(self._model_file)
+            if model_io.file_sha256(self._model_file) != self.model_sha256:
                 raise ModelError(f"{self.model_path} changed since it was loaded; create a new PFV for the new model")
             self._model = model
         return self._model
@@ -210,7 +218,7 @@ class PFV:
         analysis = self.analysis(size)
         key = tuple(fm.name for fm in analysis.chosen)
         if key not in self._sessions:
-            rewritten, taps = surgery.rewrite(self._loaded_model(), analysis)
+            rewritten, taps = surgery.rewrite(self._loaded_model(), analysis, conv_sums=self._conv_sums())
             # Only one copy of the weights at a time on the way into onnxruntime: the original
             # protobuf goes (it is loaded again if a new input size or a save needs it), then
             # the rewritten one once serialised.
@@ -233,7 +241,7 @@ class PFV:
 
         from . import surgery
 
-        rewritten, _ = surgery.rewrite(self._loaded_model(), self.analysis(size))
+        rewritten, _ = surgery.rewrite(self._loaded_model(), self.analysis(size), conv_sums=self._conv_sums())
         out = Path(path)
         tmp = out.with_name(out.name + ".tmp")
         uses_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in rewritten.graph.initializer)
@@ -296,10 +304,10 @@ class PFV:
                 # The original model runs first, on a few images, and its session is gone before
                 # the rewritten one runs: the two forward passes' memory never adds up.
                 probe = chunk if fixed else chunk[:SELF_CHECK_IMAGES]
-                reference = self._original_outputs(probe)
+                reference = self._original_outputs(probe, quiet=len(probe) < len(chunk))
             values = sess.run(chunk, device_outputs=tap_names)
             if check:
-                self._check_outputs(*_same_images(reference, values, len(probe), len(chunk), self.output_names))
+                self._self_check_on(reference, values, len(probe), chunk)
             runs.append({k: _per_image(v, chunk.shape[0], n_real) for k, v in values.items()})
         values = runs[0] if len(runs) == 1 else {k: _concat([r[k] for r in runs]) for k in runs[0]}
         by_source = {t.source: values[t.output] for t in taps}
@@ -336,18 +344,37 @@ class PFV:
             a = a.astype(xp.float32)
         return a if layout is Layout.NCHW else a.transpose(0, 3, 1, 2)
 
-    def _original_outputs(self, chunk: np.ndarray) -> dict[str, Any]:
-        """The unmodified model's outputs for one chunk, from a session made for it alone."""
+    def _original_outputs(self, chunk: np.ndarray, quiet: bool = False) -> dict[str, Any] | None:
+        """The unmodified model's outputs for one chunk, from a session made for it alone
+        (None, when ``quiet``, if the model does not run on this chunk)."""
         from . import runtime
 
-        plain = runtime.create_session(self.model_path, "cpu", input_name=self.input_name, output_names=self.output_names, arena=False)
         try:
-            return plain.run(chunk)
-        finally:
-            del plain
+            plain = runtime.create_session(self.model_path, "cpu", input_name=self.input_name, output_names=self.output_names, arena=False)
+            try:
+                return plain.run(chunk)
+            finally:
+                del plain
+        except PfvError:
+            if quiet:
+                return None
+            raise
 
-    def _check_outputs(self, ref: dict[str, Any], tapped: dict[str, Any]) -> None:
-        """Once per model: the original outputs must not change when the maps are tapped."""
+    def _self_check_on(self, reference: dict[str, Any] | None, values: dict[str, Any], n_ref: int, chunk: np.ndarray) -> None:
+        """The self-check of the first chunk. The first images settle it when every output
+        pairs up and agrees; otherwise (an output without a batch axis, one that mixes the
+        images, a model that did not run on two images) the whole chunk decides."""
+        names = self.output_names
+        if reference is not None:
+            ref, got = _same_images(reference, values, n_ref, len(chunk), names)
+            if len(ref) == len(names) and self._check_outputs(ref, got, warn=n_ref == len(chunk)):
+                return
+        if n_ref < len(chunk):
+            self._check_outputs(*_same_images(self._original_outputs(chunk), values, len(chunk), len(chunk), names))  # type: ignore[arg-type]
+
+    def _check_outputs(self, ref: dict[str, Any], tapped: dict[str, Any], warn: bool = True) -> bool:
+        """Once per model: the original outputs must not change when the maps are tapped.
+        True when they agree; a disagreement is recorded and warned of only with ``warn``."""
         import warnings
 
         from .xp import to_host
@@ -370,13 +397,15 @@ class PFV:
             worst = max(worst, float(np.nan_to_num(diff, nan=np.inf).max() / scale) if a.size else 0.0)
         tolerance = 1e-3 if self.provider == "cuda" else 1e-4
         if worst > tolerance:
-            self.self_check_result = (
-                f"the model's outputs change by up to {worst:.2e} (relative) when the feature maps are tapped; "
-                "onnxruntime may be mis-optimising the rewritten graph, so treat the maps with care"
-            )
-            warnings.warn(self.self_check_result, RuntimeWarning, stacklevel=3)
-        else:
-            self.self_check_result = f"ok (max relative difference {worst:.1e})"
+            if warn:
+                self.self_check_result = (
+                    f"the model's outputs change by up to {worst:.2e} (relative) when the feature maps are tapped; "
+                    "onnxruntime may be mis-optimising the rewritten graph, so treat the maps with care"
+                )
+                warnings.warn(self.self_check_result, RuntimeWarning, stacklevel=4)
+            return False
+        self.self_check_result = f"ok (max relative difference {worst:.1e})"
+        return True
 
     def decompose(
         self,
@@ -426,7 +455,8 @@ class PFV:
         else:
             mapped = weighting.flat(comps, weights, hw)
         scale = {"mean": fixed.mean, "std": fixed.std} if fixed else {}
-        rgb = weighting.scale_colours(mapped, n_sigma, overwrite=True, **scale).transpose(0, 2, 3, 1)
+        own = isinstance(mapped, np.ndarray) and not np.may_share_memory(mapped, comps)  # a weighting may return comps itself
+        rgb = weighting.scale_colours(mapped, n_sigma, overwrite=own, **scale).transpose(0, 2, 3, 1)
         del mapped
         outputs = {name: np.concatenate([p.outputs[name] for p in passes]) for name in passes[0].outputs}
         return PFVResult(

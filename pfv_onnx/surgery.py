@@ -587,7 +587,7 @@ def output_name(source: str, channel_sum: bool) -> str:
 _SUM_CONV_CHANNELS = 16
 
 
-def _channel_sum(fm: FeatureMap, src: Any, out: Any, opset: int) -> list[Any]:
+def _channel_sum(fm: FeatureMap, src: Any, out: Any, opset: int, conv: bool = True) -> list[Any]:
     """Nodes computing the channel sum of the float32 tensor ``src`` of map ``fm`` into ``out``.
 
     NCHW maps: a 1x1 ``Conv`` with an all-ones kernel, then ``Slice`` of channel 0. Measured
@@ -600,7 +600,7 @@ def _channel_sum(fm: FeatureMap, src: Any, out: Any, opset: int) -> list[Any]:
 
     axis = fm.layout.channel_axis
     channels = fm.channels
-    if fm.layout is Layout.NCHW and isinstance(channels, int) and channels > 0:
+    if conv and fm.layout is Layout.NCHW and isinstance(channels, int) and channels > 0:
         kernel = gs.Constant(f"pfv_onnx/{fm.name}/ones", np.ones((_SUM_CONV_CHANNELS, channels, 1, 1), dtype=np.float32))
         summed = gs.Variable(f"pfv_onnx/{fm.name}/channel_sums", dtype=np.float32)
         conv = gs.Node("Conv", attrs={"kernel_shape": [1, 1]}, inputs=[src, kernel], outputs=[summed])
@@ -614,8 +614,11 @@ def _channel_sum(fm: FeatureMap, src: Any, out: Any, opset: int) -> list[Any]:
     return [gs.Node("ReduceSum", attrs={"keepdims": 1, "axes": [axis]}, inputs=[src], outputs=[out])]
 
 
-def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto, list[TappedOutput]]:
-    """Append E_L (full) and the weighting maps (channel sums) to the model's outputs."""
+def rewrite(model: onnx.ModelProto, analysis: Analysis, *, conv_sums: bool = True) -> tuple[onnx.ModelProto, list[TappedOutput]]:
+    """Append E_L (full) and the weighting maps (channel sums) to the model's outputs.
+
+    ``conv_sums``: NCHW channel sums as 1x1 convolutions (for onnxruntime's CPU provider), else ReduceSum.
+    """
     import onnx_graphsurgeon as gs
 
     graph = gs.import_onnx(model)
@@ -656,7 +659,7 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis) -> tuple[onnx.ModelProto
             tap_nodes.setdefault(fm.name, []).append(gs.Node("Cast", attrs={"to": TensorProto.FLOAT}, inputs=[src], outputs=[cast]))
             src = cast
         out = gs.Variable(output_name(fm.name, True), dtype=np.float32, shape=out_shape(fm, True))
-        tap_nodes.setdefault(fm.name, []).extend(_channel_sum(fm, src, out, opset))
+        tap_nodes.setdefault(fm.name, []).extend(_channel_sum(fm, src, out, opset, conv=conv_sums))
         graph.outputs.append(out)
         taps.append(TappedOutput(fm.name, out.name, True))
 

@@ -489,8 +489,10 @@ def test_run_syncs_pictures_once_not_per_file(vgg_model, image_folder, tmp_path,
     events: list[str] = []
     real_fsync = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
-    monkeypatch.setattr(os, "sync", lambda: events.append("sync"))
     from pfv_onnx import outputs
+
+    real_sync = outputs.sync_all
+    monkeypatch.setattr(outputs, "sync_all", lambda folder: (events.append("sync"), real_sync(folder))[1])
 
     real_json = outputs.write_json
 

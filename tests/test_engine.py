@@ -807,8 +807,8 @@ def test_self_check_warns_when_the_original_outputs_change(engine, monkeypatch):
     pfv = engine(case, cache=False)
     real = PFV._original_outputs
 
-    def shifted(self, chunk):
-        out = real(self, chunk)
+    def shifted(self, chunk, quiet=False):
+        out = real(self, chunk, quiet)
         return {k: np.asarray(v) + 0.5 * (np.abs(np.asarray(v)).max() + 1) for k, v in out.items()}
 
     monkeypatch.setattr(PFV, "_original_outputs", shifted)
@@ -849,3 +849,131 @@ def test_spinning_option_reaches_onnxruntime(save_model):
     assert allow_spinning(PFV(path, provider="cpu")) == "1"
     assert allow_spinning(PFV(path, provider="cpu", spinning=False)) == "0"
     assert allow_spinning(_args.build_pfv(argparse.Namespace(model=path, provider="cpu"))) == "0"
+
+
+def test_colour_scaling_leaves_the_components_alone_when_the_weighting_returns_them(save_model):
+    """k above OpenCV's channel limit, E_L at input resolution, no weighting: the weighted array is
+    the components array itself, and scaling the colours must not overwrite it."""
+    case = graphs.linear_probe(channels=140)
+    pfv = PFV(save_model(case.model, "linear_probe_140"), provider="cpu")
+    x = case.batch(n=8, seed=30)
+    res = pfv.explain(x, k=130)
+    rows = x.transpose(0, 2, 3, 1).reshape(-1, 140).astype(np.float64)
+    V = np.asarray(res.basis.directions, dtype=np.float64)
+    P = (rows - rows.mean(axis=0)) @ V
+    want = P.reshape(8, 6, 5, 130).transpose(0, 3, 1, 2)
+    assert res.components.min() < 0 < res.components.max()
+    np.testing.assert_allclose(res.components, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
+    assert 0.0 <= res.rgb.min() and res.rgb.max() <= 1.0
+
+
+def _scalar_statistic_model() -> onnx.ModelProto:
+    """A CNN whose only output has no batch axis: the mean activation over the whole batch."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(5)
+    w = onnx.numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["features"]),
+        helper.make_node("ReduceMean", ["features"], ["mean"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "scalar_statistic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("mean", TensorProto.FLOAT, [])], [w],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def _batch_centred_model() -> onnx.ModelProto:
+    """Per-image logits minus their mean over the batch: every image's output depends on the others."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(6)
+    inits = [
+        onnx.numpy_helper.from_array(rng.standard_normal((6, 3, 3, 3)).astype(np.float32), "w"),
+        onnx.numpy_helper.from_array(rng.standard_normal((4, 6)).astype(np.float32), "fc"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["features"]),
+        helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "fc"], ["raw"], transB=1),
+        helper.make_node("ReduceMean", ["raw"], ["batch_mean"], axes=[0], keepdims=1),
+        helper.make_node("Sub", ["raw", "batch_mean"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "batch_centred", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("build", [_scalar_statistic_model, _batch_centred_model])
+def test_self_check_uses_the_whole_chunk_when_two_images_cannot_settle_it(build, save_model, monkeypatch):
+    """An output without a batch axis cannot be compared on two images, and one that mixes the
+    images differs on two: the whole first chunk decides, and a sound rewrite gives no warning."""
+    import warnings
+
+    pfv = PFV(save_model(build(), build.__name__), provider="cpu")
+    sizes = []
+    real = PFV._original_outputs
+
+    def spy(self, chunk, quiet=False):
+        sizes.append(len(chunk))
+        return real(self, chunk, quiet)
+
+    monkeypatch.setattr(PFV, "_original_outputs", spy)
+    x = np.random.default_rng(7).standard_normal((5, 3, 8, 8)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        pfv.forward(x)
+    assert sizes == [2, 5]
+    assert pfv.self_check_result.startswith("ok")
+
+
+def test_self_check_retries_on_the_chunk_when_the_model_refuses_two_images(engine, monkeypatch):
+    from pfv_onnx.errors import ModelError
+
+    case = graphs.case("vgg")
+    pfv = engine(case, cache=False)
+    real = PFV._original_outputs
+    sizes = []
+
+    def picky(self, chunk, quiet=False):
+        sizes.append(len(chunk))
+        if len(chunk) == 2:
+            if quiet:
+                return None
+            raise ModelError("runs only at the batch it was made for")
+        return real(self, chunk, quiet)
+
+    monkeypatch.setattr(PFV, "_original_outputs", picky)
+    pfv.forward(case.batch(n=4, seed=3))
+    assert sizes == [2, 4] and pfv.self_check_result.startswith("ok")
+
+
+def test_model_is_read_again_from_where_it_was_whatever_the_working_directory(tmp_path, monkeypatch):
+    case = graphs.case("dynhw")
+    (tmp_path / "models").mkdir()
+    onnx.save(case.model, str(tmp_path / "models" / "dynhw.onnx"))
+    monkeypatch.chdir(tmp_path)
+    pfv = PFV("models/dynhw.onnx", provider="cpu")
+    pfv.explain(case.batch(shape=case.input_shape, seed=4))
+    monkeypatch.chdir(tmp_path / "models")
+    res = pfv.explain(case.batch(shape=case.alt_shapes[0], seed=5))
+    assert res.rgb.shape[0] == case.alt_shapes[0][0]
+
+
+def test_conv_sums_only_off_cuda(engine, tmp_path):
+    """The CUDA provider may run convolutions in TF32: there the sums stay ReduceSum."""
+    from pfv_onnx import surgery
+
+    case = graphs.case("vgg")
+    pfv = engine(case)
+    analysis = pfv.analysis()
+    for conv, want in ((True, {"Conv", "Slice"}), (False, {"ReduceSum"})):
+        rewritten, _ = surgery.rewrite(onnx.load(str(pfv.model_path)), analysis, conv_sums=conv)
+        ops = {n.op_type for n in rewritten.graph.node if n.output[0].startswith("pfv_onnx/") and "channel_sum" in n.output[0]}
+        assert ops == want, (conv, ops)

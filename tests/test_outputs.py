@@ -153,3 +153,26 @@ def test_atomic_write_syncs_only_when_durable(tmp_path, monkeypatch):
     assert len(calls) == 1
     assert (tmp_path / "b.bin").read_bytes() == b"def"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]
+
+
+def test_sync_all_falls_back_to_a_global_sync(tmp_path, monkeypatch):
+    from pfv_onnx import outputs
+
+    calls = []
+    monkeypatch.setattr(outputs, "_syncfs", lambda folder: False)
+    monkeypatch.setattr(os, "sync", lambda: calls.append("sync"), raising=False)
+    outputs.sync_all(tmp_path)
+    assert calls == ["sync"]
+    monkeypatch.setattr(outputs, "_syncfs", lambda folder: True)
+    outputs.sync_all(tmp_path)
+    assert calls == ["sync"]
+
+
+def test_without_a_later_sync_every_file_is_synced(tmp_path, monkeypatch):
+    """Where the system has no sync (Windows), durable=False cannot be made good later: each file syncs."""
+    calls = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    monkeypatch.delattr(os, "sync", raising=False)
+    atomic_write_bytes(tmp_path / "c.bin", b"ghi", durable=False)
+    assert len(calls) == 1 and (tmp_path / "c.bin").read_bytes() == b"ghi"

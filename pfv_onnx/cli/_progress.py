@@ -196,7 +196,7 @@ class Progress:
         """Keep one complete group; its pictures must already be written."""
         from ..outputs import sync_all, write_json
 
-        sync_all()  # the group's pictures, written unsynced, reach the disk before the group counts as done
+        sync_all(self.outdir)  # the group's pictures, written unsynced, reach the disk before the group counts as done
 
         if not self.folder.is_dir():
             self.folder.mkdir(parents=True, exist_ok=True)

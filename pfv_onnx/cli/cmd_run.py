@@ -636,7 +636,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     report["status"] = "complete"
     if not getattr(args, "no_html", False):
         report["outputs"]["html"] = REPORT_HTML
-    sync_all()  # the pictures, written unsynced, reach the disk before the report calls the run complete
+    sync_all(outdir)  # the pictures, written unsynced, reach the disk before the report calls the run complete
     timings["total_s"] = time.perf_counter() - t_start
     write_json(outdir / REPORT, report)
     if not getattr(args, "no_html", False):
