@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
-from .render import encode_jpeg
+from .render import encode_jpeg, encode_png
 
 REPORT_HTML = "report.html"
 ASSETS = "report_files"
@@ -219,16 +219,13 @@ def _url(rel: str) -> str:
 
 
 def _pct(x: Any, digits: int = 1) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    return f"{100 * v:.{digits}f} %" if math.isfinite(v) else "n/a"
+    text = _num(x, digits, scale=100.0)
+    return text if text == "n/a" else f"{text} %"
 
 
-def _num(x: Any, digits: int = 2) -> str:
+def _num(x: Any, digits: int = 2, scale: float = 1.0) -> str:
     try:
-        v = float(x)
+        v = scale * float(x)
     except (TypeError, ValueError):
         return "n/a"
     return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
@@ -402,7 +399,7 @@ class _Builder:
                 x0, y0, x1, y1 = patch_box(p.y, p.x, (gh, gw), crop, img.shape[:2])
                 patch = cv2.resize(img[y0:y1, x0:x1], (PATCH_SIDE, PATCH_SIDE), interpolation=cv2.INTER_AREA if (x1 - x0) > PATCH_SIDE else cv2.INTER_LINEAR)
                 rel = f"{LEGEND}/g{g}-c{c + 1}-{side}-{j}.png"
-                atomic_write_bytes(self.outdir / rel, _encode_png(patch))
+                atomic_write_bytes(self.outdir / rel, encode_png(patch))
                 saved[(c, side, j)] = rel
         result = []
         for c, pos, neg in picks:
@@ -896,12 +893,6 @@ class _Builder:
             return ""
         items = "".join(f"<li>{e(n)}</li>" for n in notes)
         return f'<section id="details"><h2>Run notes</h2><ul class="small">{items}</ul></section>'
-
-
-def _encode_png(bgr: np.ndarray) -> bytes:
-    from .render import encode_png
-
-    return encode_png(bgr)
 
 
 def _clean_legend(outdir: Path) -> None:

@@ -71,15 +71,14 @@ def sync_all(folder: str | os.PathLike[str]) -> None:
 
 
 def _syncfs(folder: str | os.PathLike[str]) -> bool:
-    import ctypes
-    import sys
+    from ._libc import function
 
-    if not sys.platform.startswith("linux"):
+    syncfs = function("syncfs")
+    if syncfs is None:
         return False
     try:
-        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
         fd = os.open(folder, os.O_RDONLY)
-    except (OSError, AttributeError):
+    except OSError:
         return False
     try:
         return syncfs(fd) == 0

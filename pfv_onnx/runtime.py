@@ -188,16 +188,8 @@ def release_freed_memory() -> None:
     serialised bytes, onnxruntime's parse) freed but kept by the C allocator: 250 MiB for
     ResNet-50, which every later forward pass would add to. ``malloc_trim`` returns them.
     """
-    import ctypes
-    import ctypes.util
-    import sys
+    from ._libc import function
 
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):  # musl and other C libraries have no malloc_trim
-        return
-    trim.argtypes = [ctypes.c_size_t]
-    trim(0)
+    trim = function("malloc_trim")
+    if trim is not None:
+        trim(0)

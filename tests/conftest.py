@@ -64,3 +64,23 @@ def save_model(model_dir):
         return str(written[name])
 
     return _save
+
+
+@pytest.fixture(scope="session")
+def vgg_model(tmp_path_factory) -> Path:
+    """The small VGG-like test graph (10 classes) as an .onnx file, for the command-line tests."""
+    import graphs
+
+    path = tmp_path_factory.mktemp("vgg") / "vgg.onnx"
+    onnx.save(graphs.vgg().model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def labels_file(tmp_path_factory) -> Path:
+    """Names for vgg_model's 10 classes (graphs.VGG_LABELS), one per line."""
+    import graphs
+
+    path = tmp_path_factory.mktemp("labels") / "labels.txt"
+    path.write_text("\n".join(graphs.VGG_LABELS) + "\n")
+    return path

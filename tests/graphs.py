@@ -189,6 +189,9 @@ F32 = TensorProto.FLOAT
 # ---------------------------------------------------------------------------
 
 
+VGG_LABELS = [f"thing {i}" for i in range(10)]  # a name for each of vgg()'s 10 classes
+
+
 def vgg(bias: bool = True, last_scale: float = 1.0, name: str = "vgg") -> GraphCase:
     """VGG-like, as the PyTorch exporter writes it: conv-relu-conv-relu-maxpool stages,
     the last MaxPool, an AveragePool(k=1) standing in for the adaptive pool, Flatten, Gemm.

@@ -20,7 +20,6 @@ from pfv_onnx.cli import COMMANDS, main
 from pfv_onnx.cli.cmd_run import predictions
 
 ROOT = Path(__file__).resolve().parent.parent
-LABELS = [f"thing {i}" for i in range(10)]
 GOOD = ["a/cat.png", "b/cat.jpg", "gray.png"]  # in the order the run sorts them
 
 
@@ -62,20 +61,6 @@ def image_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def vgg_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("vgg") / "vgg.onnx"
-    onnx.save(graphs.vgg().model, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def labels_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("labels") / "labels.txt"
-    path.write_text("\n".join(LABELS) + "\n")
-    return path
-
-
-@pytest.fixture(scope="module")
 def vgg_run(image_folder, vgg_model, labels_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "out"
     code = main(["run", str(vgg_model), str(image_folder), "-o", str(out), "--quiet", "--labels", str(labels_file)])
@@ -100,7 +85,7 @@ def test_run_exit_code_and_outputs(vgg_run, image_folder):
             pic = cv2.imread(str(out / im["outputs"][kind]), cv2.IMREAD_UNCHANGED)
             assert pic is not None and pic.shape == (h, w, 3) and pic.dtype == np.uint8
         assert im["group"] == 0
-        assert im["prediction"]["label"] in LABELS
+        assert im["prediction"]["label"] in graphs.VGG_LABELS
         assert 0.0 < im["prediction"]["score"] <= 1.0
     mosaic = cv2.imread(str(out / "mosaic.png"))
     assert mosaic is not None and mosaic.shape[0] > 2 * 160

@@ -32,7 +32,6 @@ import graphs
 from pfv_onnx.cli import main
 from pfv_onnx.html_report import PATCH_CELLS, PATCHES, patch_box, select_patches, spectrum_svg, write_report
 
-LABELS = [f"thing {i}" for i in range(10)]
 ODD_NAME = "odd #1 & <b> é.png"  # characters that need escaping in HTML and quoting in URLs
 
 
@@ -120,20 +119,6 @@ def image_folder(tmp_path_factory) -> Path:
     ok, jpg = cv2.imencode(".jpg", base)
     (d / "cut.jpg").write_bytes(jpg.tobytes()[: len(jpg) // 2])
     return d
-
-
-@pytest.fixture(scope="module")
-def vgg_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "vgg.onnx"
-    onnx.save(graphs.vgg().model, str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def labels_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("labels") / "labels.txt"
-    path.write_text("\n".join(LABELS) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
