@@ -469,29 +469,33 @@ def test_overlay_format(fmt, for_png, for_jpeg, vgg_model, image_folder, tmp_pat
 
 
 def test_run_syncs_pictures_once_not_per_file(vgg_model, image_folder, tmp_path, monkeypatch):
-    """Pictures and thumbnails are written without a sync each; one sync of the disk comes before
-    the report that calls the run complete."""
-    events: list[str] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    """Each image's pictures (map, overlay, thumbnails) are written without a sync of their own;
+    one sync of the disk comes before the report that calls the run complete."""
     from pfv_onnx import outputs
 
-    real_sync = outputs.sync_all
-    monkeypatch.setattr(outputs, "sync_all", lambda folder: (events.append("sync"), real_sync(folder))[1])
+    events: list[str] = []
+    synced: dict[str, bool] = {}  # file name -> written with durable=True
+    real_file, real_sync, real_json = outputs.atomic_file, outputs.sync_all, outputs.write_json
 
-    real_json = outputs.write_json
+    def atomic_file(path, *, durable=True):
+        synced[Path(path).name] = durable
+        return real_file(path, durable=durable)
 
     def write_json(path, data, *a, **k):
         if Path(path).name == "report.json" and isinstance(data, dict) and data.get("status") == "complete":
             events.append("complete report")
         return real_json(path, data, *a, **k)
 
-    monkeypatch.setattr(outputs, "write_json", write_json)  # cmd_run imports it when it runs
+    monkeypatch.setattr(outputs, "atomic_file", atomic_file)
+    monkeypatch.setattr(outputs, "sync_all", lambda folder: (events.append("sync"), real_sync(folder))[1])
+    monkeypatch.setattr(outputs, "write_json", write_json)  # cmd_run imports these when it runs
     out = tmp_path / "out"
     assert main(["run", str(vgg_model), *(str(image_folder / g) for g in GOOD), "-o", str(out), "-q"]) == 0
-    pictures = [p for p in out.rglob("*") if p.suffix in (".png", ".jpg")]
-    assert len(pictures) >= 5 * len(GOOD)  # map, overlay and three thumbnails per image
-    assert events.count("fsync") < len(pictures)
+    report = json.loads((out / "report.json").read_text())
+    per_image = [Path(rel).name for im in report["images"] for rel in im["outputs"].values()]
+    assert len(per_image) == 5 * len(GOOD)  # map, overlay and three thumbnails per image
+    assert {name: synced[name] for name in per_image} == {name: False for name in per_image}
+    assert synced["pfv.npz"] is True and synced["report.json"] is True
     assert "sync" in events and "complete report" in events
     assert events.index("sync") < events.index("complete report")
 

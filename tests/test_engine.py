@@ -977,3 +977,19 @@ def test_conv_sums_only_off_cuda(engine, tmp_path):
         rewritten, _ = surgery.rewrite(onnx.load(str(pfv.model_path)), analysis, conv_sums=conv)
         ops = {n.op_type for n in rewritten.graph.node if n.output[0].startswith("pfv_onnx/") and "channel_sum" in n.output[0]}
         assert ops == want, (conv, ops)
+
+
+def test_pfv_holds_no_copy_of_the_model_once_built(tmp_path):
+    """The weights live in the session; the protobuf is read again when needed (here by
+    save_surgery), so a file changed after construction is noticed there."""
+    case = graphs.case("vgg")
+    path = tmp_path / "vgg.onnx"
+    onnx.save(case.model, str(path))
+    pfv = PFV(path, provider="cpu")
+    pfv.save_surgery(tmp_path / "first.onnx")  # the unchanged file reads again fine
+    changed = onnx.ModelProto()
+    changed.CopyFrom(case.model)
+    changed.doc_string = "edited"
+    onnx.save(changed, str(path))
+    with pytest.raises(PfvError, match="changed since it was loaded"):
+        pfv.save_surgery(tmp_path / "second.onnx")
