@@ -242,6 +242,7 @@ class PFV:
         from . import surgery
 
         rewritten, _ = surgery.rewrite(self._loaded_model(), self.analysis(size), conv_sums=self._conv_sums())
+        self._model = None  # PFV keeps its sessions, not the protobuf: read again when next needed
         out = Path(path)
         tmp = out.with_name(out.name + ".tmp")
         uses_external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in rewritten.graph.initializer)
