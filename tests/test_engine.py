@@ -986,10 +986,14 @@ def test_pfv_holds_no_copy_of_the_model_once_built(tmp_path):
     path = tmp_path / "vgg.onnx"
     onnx.save(case.model, str(path))
     pfv = PFV(path, provider="cpu")
-    pfv.save_surgery(tmp_path / "first.onnx")  # the unchanged file reads again fine
     changed = onnx.ModelProto()
     changed.CopyFrom(case.model)
     changed.doc_string = "edited"
     onnx.save(changed, str(path))
     with pytest.raises(PfvError, match="changed since it was loaded"):
-        pfv.save_surgery(tmp_path / "second.onnx")
+        pfv.save_surgery(tmp_path / "first.onnx")
+    onnx.save(case.model, str(path))  # the file as it was: read again, it serves
+    pfv.save_surgery(tmp_path / "second.onnx")
+    with pytest.raises(PfvError, match="changed since it was loaded"):
+        onnx.save(changed, str(path))
+        pfv.save_surgery(tmp_path / "third.onnx")  # and save_surgery kept no copy either
