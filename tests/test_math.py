@@ -236,8 +236,16 @@ def test_case_activations_do_not_depend_on_marking(name):
                                    rtol=1e-5, atol=1e-5, err_msg=nm)
     _, slow = graphs.fetch(c.model, c.all_expected, b, c.input_name, c.fixed_batch, optimize=False)
     for nm in c.all_expected:
-        np.testing.assert_allclose(slow[nm].astype(np.float64), maps_all[nm].astype(np.float64),
-                                   rtol=1e-3, atol=1e-3, err_msg=nm)
+        a, o = slow[nm].astype(np.float64), maps_all[nm].astype(np.float64)
+        off = np.abs(a - o) > 1e-3 + 1e-3 * np.abs(o)
+        if off.any():
+            # An optimised QDQ graph runs integer kernels, the unoptimised one float kernels
+            # between the Q/DQ pairs; a value at a rounding or clipping edge can land a few
+            # quantisation steps apart (measured with onnxruntime 1.32: 1 of 8192 values 0.25
+            # apart on a range of 7.2; 10 of 4096 one step apart). Allow that on a few
+            # elements, no more.
+            assert off.mean() < 1e-2, (nm, off.mean())
+            assert np.abs(a - o)[off].max() <= 0.05 * np.ptp(o), nm
 
 
 def test_qop_dequant_parameters_match_graph():
