@@ -302,9 +302,10 @@ class RunForward:
     """The forward passes of ``run`` on Ray: an iterator of :class:`RunImage`, in input order.
 
     ``files[start:]`` go to a Ray Data ``map_batches`` over :class:`RunPass` in batches of
-    ``batch_size``; results stream back in whatever order the actors finish and are handed
-    out in file order (only batches that came back early wait on the driver). ``close()``
-    shuts down a local cluster started here.
+    ``batch_size``. Ray Data keeps the input order (``preserve_order``), so the driver holds
+    at most one actor batch (:attr:`buffered`) however slow an early batch is: results that
+    finish early wait in Ray's object store, under its own backpressure, not in the
+    driver's memory. ``close()`` shuts down a local cluster started here.
     """
 
     def __init__(
@@ -342,6 +343,7 @@ class RunForward:
         rows = [{"index": i, "path": str(Path(files[i]).resolve())} for i in range(start, self._end)]
         # About one block per batch, so that results come back batch by batch, not a whole block at a time.
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(n, -(-n // batch_size))))
+        ds.context.execution_options.preserve_order = True  # this dataset's own copy of the context
         mapped = ds.map_batches(
             RunPass,
             fn_constructor_kwargs={
@@ -354,6 +356,11 @@ class RunForward:
             **per_actor,
         )
         self._batches = iter(mapped.iter_batches(batch_size=None, batch_format="numpy"))
+
+    @property
+    def buffered(self) -> int:
+        """Images whose results came back and wait on the driver for their turn."""
+        return len(self._ready)
 
     def __iter__(self) -> RunForward:
         return self
