@@ -407,9 +407,10 @@ class RunForward:
 def gather_rows(parts: Sequence[tuple[Any, int]]) -> Any:
     """One ``ForwardPass`` of the given ``(pass, row)`` pairs, rows in the order given.
 
-    A run of consecutive rows of one pass is taken as a slice; a whole pass is used as it is.
+    A whole pass is used as it is. Works on the host and on the device (NumPy or CuPy arrays).
     """
     from .pipeline import ForwardPass
+    from .xp import array_module
 
     pieces: list[tuple[Any, list[int]]] = []
     for fp, row in parts:
@@ -422,19 +423,20 @@ def gather_rows(parts: Sequence[tuple[Any, int]]) -> Any:
         if rows == list(range(fp.n)):
             taken.append(fp)
             continue
-        idx = np.asarray(rows)
         taken.append(
             ForwardPass(
-                decomposed=fp.decomposed[idx], weights=[w[idx] for w in fp.weights],
-                outputs={k: v[idx] for k, v in fp.outputs.items()}, input_hw=fp.input_hw,
+                decomposed=fp.decomposed[array_module(fp.decomposed).asarray(rows)],
+                weights=[w[array_module(w).asarray(rows)] for w in fp.weights],
+                outputs={k: v[np.asarray(rows)] for k, v in fp.outputs.items()}, input_hw=fp.input_hw,
             )
         )  # fmt: skip
     if len(taken) == 1:
         return taken[0]
     first = taken[0]
+    xp = array_module(first.decomposed)
     return ForwardPass(
-        decomposed=np.concatenate([t.decomposed for t in taken]),
-        weights=[np.concatenate([t.weights[i] for t in taken]) for i in range(len(first.weights))],
+        decomposed=xp.concatenate([t.decomposed for t in taken]),
+        weights=[array_module(first.weights[i]).concatenate([t.weights[i] for t in taken]) for i in range(len(first.weights))],
         outputs={k: np.concatenate([t.outputs[k] for t in taken]) for k in first.outputs},
         input_hw=first.input_hw,
     )
