@@ -302,14 +302,8 @@ def model_size(pfv: PFV, requested: tuple[int, int] | None) -> tuple[int, int]:
                     f"{want} (input size {fixed}); leave --size out"
                 )
         return requested
-    if not (h and w):  # a dynamic side: the size the model's metadata suggests, else 224
-        meta = dict(getattr(pfv, "metadata", None) or {})
-        try:
-            mh, mw = size_hw(str(meta.get("input_size", "")))
-        except argparse.ArgumentTypeError:
-            mh = mw = DEFAULT_SIZE
-        h, w = h or mh, w or mw
-    return (int(h), int(w))
+    dh, dw = pfv.default_size  # a dynamic side: the size the model's metadata suggests, else 224 (the rule inspect uses)
+    return (int(dh), int(dw))
 
 
 def build_preprocessing(args: argparse.Namespace, pfv: PFV) -> tuple[Preprocessing, list[str]]:

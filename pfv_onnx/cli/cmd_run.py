@@ -104,6 +104,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         import_ray()
     prep, prep_notes = _args.build_preprocessing(args, pfv)
     fitted, basis_notes = load_for_run(getattr(args, "basis", None), pfv, prep.to_dict(), args.k)
+    runplan.check_basis_size(fitted, prep.size)  # before any work
     labels, labels_source = _args.read_labels(args.labels, pfv)
     npz_precision = getattr(args, "npz_precision", "uint8")
     report: dict[str, Any] = {

@@ -9,9 +9,9 @@ that lets an interrupted run resume, and one writer of the results.
 - :mod:`.execute`: :func:`execute` of a :class:`RunJob`.
 """
 
-from .execute import RunJob, RunSummary, execute
+from .execute import RunJob, RunSummary, check_basis_size, execute
 from .outdir import MOSAIC, NPZ, REPORT, REPORT_HTML
 from .predictions import predictions
 from .writer import NPZ_PRECISIONS
 
-__all__ = ["MOSAIC", "NPZ", "NPZ_PRECISIONS", "REPORT", "REPORT_HTML", "RunJob", "RunSummary", "execute", "predictions"]
+__all__ = ["MOSAIC", "NPZ", "NPZ_PRECISIONS", "REPORT", "REPORT_HTML", "RunJob", "RunSummary", "check_basis_size", "execute", "predictions"]

@@ -70,6 +70,7 @@ def execute(job: RunJob, *, stop_after: int | None = None) -> RunSummary:
     """Run PFV over ``job.files`` into ``job.outdir``; see the module docstring."""
     from ..outputs import clean_stale_temp_files, unique_names
 
+    check_basis_size(job.basis, job.prep.size)
     quiet_opencv()
     t_start = time.perf_counter()
     report = job.report
@@ -129,6 +130,16 @@ def execute(job: RunJob, *, stop_after: int | None = None) -> RunSummary:
         writer.finish()
     progress.finish()
     return RunSummary(report)
+
+
+def check_basis_size(basis: Any, size: Sequence[int]) -> None:
+    """A fitted basis holds one input size's statistics (its colour scaling above all): refuse another size."""
+    fitted = tuple(getattr(basis, "input_size", None) or ())
+    if basis is not None and fitted and fitted != tuple(size):
+        raise InputError(
+            f"the basis was fitted at input size {fitted[0]}x{fitted[1]}, this run analyses {size[0]}x{size[1]}; "
+            f"run with --size {fitted[0]}x{fitted[1]} or fit a basis at this size"
+        )
 
 
 class _Run:
