@@ -22,10 +22,7 @@ from pfv_onnx.cli import main
 
 _KILL_AFTER_SAVE = r"""
 import os, signal, sys
-try:
-    from pfv_onnx.runplan import progress
-except ImportError:  # the layout before the run plan
-    from pfv_onnx.cli import _progress as progress
+from pfv_onnx.runplan import progress
 from pfv_onnx.cli import main
 real = progress.Progress.save
 def save(self, saved, *a, **k):
