@@ -225,7 +225,7 @@ def resolve_config(
     sources["pixel_range"] = asked("pixel_range") if pixel_range is not None else f"preset {preset}"
     sources["resize"] = asked("resize") if resize is not None else DEFAULT
     layout = getattr(model, "input_layout", None) or "NCHW"
-    sources["layout"] = f"model ({getattr(model, 'layout_reason', None) or 'its input'})"
+    sources["layout"] = str(getattr(model, "layout_reason", None) or "model's input")
     prep = make_preprocessing(
         preset,
         mean=mean,
@@ -244,5 +244,5 @@ def resolve_config(
     # provider
     requested = provider or "auto"
     in_use = str(getattr(model, "provider", None) or requested)
-    sources["provider"] = asked("provider") if provider not in (None, "auto") else f"{DEFAULT} (auto: CUDA when available, else CPU)"
+    sources["provider"] = asked("provider") if provider not in (None, "auto") else f"{DEFAULT}: auto, CUDA when available, else CPU"
     return ResolvedConfig(prep, tuple(names) if names else None, in_use, sources, tuple(notes))
