@@ -743,3 +743,27 @@ def test_component_views_are_red_where_positive_and_blue_where_negative(run_dir)
                 assert (r > b + 40) if want == "red" else (b > r + 40), (src, want, (r, g, b))
                 checked += 1
     assert checked >= n
+
+
+def test_page_needs_only_the_components_of_pfv_npz(run_dir, tmp_path):
+    """A pfv.npz without ``rgb`` (or with it as uint8) still gives the legend, the component views
+    and the flags; the mean map colours then come from the map thumbnails."""
+    for variant in ("no-rgb", "uint8"):
+        out = tmp_path / variant
+        shutil.copytree(run_dir, out)
+        with np.load(out / "pfv.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        if variant == "no-rgb":
+            del arrays["rgb"]
+        else:
+            arrays["rgb"] = np.rint(arrays["rgb"] * 255).astype(np.uint8)
+        np.savez(out / "pfv.npz", **arrays)
+        write_report(out)
+        page = _page(out)
+        assert len(page.find("a", "patch")) == len(_page(run_dir).find("a", "patch"))
+        assert len([a for a in page.find("img") if "/components/" in a["src"]]) == 3 * len(_report(out)["images"])
+        assert not page.find("section", id="page-notes"), page.text
+        cards = page.find("article", "card")
+        assert all(c["data-flags"] in ("", "low", "atypical", "low atypical") for c in cards)
+        scores = {im["file"]: im["prediction"]["score"] for im in _report(out)["images"]}
+        assert all(("low" in c["data-flags"]) == (scores[c["data-file"]] < 0.5) for c in cards)
