@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--outdir", default=DEFAULT_OUTDIR, metavar="OUTDIR", help=f"folder for the results (default {DEFAULT_OUTDIR})")
     parser.add_argument("--model", metavar="NAME", help="another bundled model by name (default: the default model)")
     _args.add_runtime_options(parser, batching=False)
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _args.add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
