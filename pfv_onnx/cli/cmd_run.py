@@ -572,7 +572,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     if tiles:
         several = len(report["groups"]) > 1
         captions = [_caption(t[2], t[3], t[4] if several else None) for t in tiles]
-        pic = mosaic([t[0] for t in tiles], [t[1] for t in tiles], captions, tile=MOSAIC_TILE)
+        pic = mosaic([t[0] for t in tiles], [t[1] for t in tiles], captions, tile=MOSAIC_TILE, key=report["pfv"]["k"])
         atomic_write_bytes(outdir / MOSAIC, encode_png(pic))
         report["outputs"]["mosaic"] = MOSAIC
         report["outputs"]["mosaic_images"] = len(tiles)
