@@ -428,7 +428,7 @@ def test_sanity_command_reports_a_quantised_model_in_one_line(save_model, tmp_pa
 
     path = save_model(graphs.case("qdq").model, "sanity_qdq")
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16, 3), np.uint8))
-    code = main(["sanity", path, str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--provider", "cpu"])
+    code = main(["sanity", path, str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--provider", "cpu", "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "quantised" in err[0] and "randomise the float model" in err[0]

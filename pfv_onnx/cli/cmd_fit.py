@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _args
+from . import _args, _preamble
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run on Ray: the cluster at ADDRESS ('auto', 'ray://host:10001'), else RAY_ADDRESS or a new local one",
     )
     g.add_argument("--actors", type=_args.positive_int, metavar="N", help="Ray actors (default: one per GPU, else per CPU)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    _args.add_quiet(g)
     _args.add_preprocessing_options(parser)
     _args.add_runtime_options(parser, batching=False)
     parser.set_defaults(hierarchical=False, n_sigma=1.0)  # build_pfv reads them with --k; a basis holds both variants
@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no image files found ({what})")
     pfv = _args.build_pfv(args)
     prep, _notes = _args.build_preprocessing(args, pfv)
+    _preamble.preamble(args, pfv, "pfv-onnx fit", len(files))
 
     if args.ray is not None:
         from .. import distributed

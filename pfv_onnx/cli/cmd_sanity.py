@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _args
+from . import _args, _preamble
 
 if TYPE_CHECKING:
     import numpy as np
@@ -106,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
 
     pfv = _args.build_pfv(args)
     prep, prep_notes = _args.build_preprocessing(args, pfv)
+    _preamble.preamble(args, pfv, "pfv-onnx sanity")
     labels, _ = _args.read_labels(args.labels, pfv)
 
     files: list[Path] = []
