@@ -304,7 +304,9 @@ def propagate(g: GraphIndex, layouts: dict[str, Layout], data: set[str], input_n
         elif op == "Slice" and src is not None:
             ishape = g.shape(first)
             dims = _slice(g, node, src, ishape) if ishape is not None else None
-            new = None if dims is None else replace(src, dims=dims)
+            if dims is not None:
+                specials = src.specials if any(d.before or d.after for d in dims) else ""
+                new = replace(src, dims=dims, specials=specials)
         elif op == "Concat":
             new = _concat(g, node, carried, data)
         elif op in ELEMENTWISE:

@@ -355,11 +355,8 @@ def _auto_decomposed(m: _Maps, spatial: list[FeatureMap], by_name: dict[str, Fea
     if tensor == start:
         reason = f"input of {head}, where the network collapses space into its head"
     else:
-        reason = f"{head} collapses space into the head; its input {start!r} comes from this map through {', '.join(moved + skipped)}"
-        if skipped:
-            reason += " (pools that only downsample, and ops that only move data)"
-        else:
-            reason += " (ops that only move data)"
+        reason = (f"{head} collapses space into the head; its input {start!r} is this map after "
+                  f"{', '.join(moved + skipped)}, which only move data, drop special tokens or downsample")
     if tensor not in by_name:
         found = _deepest_candidate_before(g, tensor, by_name)
         reason += f"; {tensor!r} is no feature map of its own ({g.producer_node(tensor).op_type}), so the deepest map above it"  # type: ignore[union-attr]
@@ -404,7 +401,7 @@ def _walk_back(m: _Maps, tensor: str) -> tuple[str, list[str], list[str]]:
         if node.op_type in PLUMBING or (node.op_type == "DequantizeLinear" and _is_qdq_of_pool(g, node)):
             moved.append(label)
         elif node.op_type == "Slice" and tensor in m.views and src in m.views and m.views[src].grid == m.views[tensor].grid:
-            moved.append(label + " (drops special tokens)")
+            moved.append(label)
         elif node.op_type in POOLS:
             skipped.append(label)
         else:
