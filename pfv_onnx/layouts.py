@@ -29,19 +29,6 @@ LAYOUT_PRESERVING = {
     "QLinearLeakyRelu", "QLinearSigmoid", "QLinearConcat", "FastGelu", "QuickGelu", "BiasGelu", "Swish",
     "Softmax", "LogSoftmax", "LayerNormalization", "Trilu", "Shrink", "BitShift", "Sin", "Cos",
 }
-ACTIVATIONS = {
-    "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
-    "Tanh", "Softplus", "Mish", "Gelu", "Add", "Sum", "Mul", "Max", "Concat", "DequantizeLinear",
-    "QLinearAdd", "QLinearLeakyRelu", "QLinearSigmoid", "QLinearConcat", "FastGelu", "QuickGelu", "Swish",
-}
-POOLS = {"MaxPool", "AveragePool", "LpPool", "QLinearAveragePool"}
-# (scale, zero point) input positions of ops that produce quantized tensors.
-QUANT_PRODUCERS = {
-    "QuantizeLinear": (1, 2), "QLinearConv": (6, 7), "QLinearMatMul": (6, 7), "QLinearAdd": (6, 7),
-    "QLinearMul": (6, 7), "QLinearAveragePool": (3, 4), "QLinearGlobalAveragePool": (3, 4),
-    "QLinearLeakyRelu": (3, 4), "QLinearSigmoid": (3, 4), "QLinearConcat": (0, 1),
-}
-QUANT_PASSTHROUGH = {"MaxPool", "Transpose", "Reshape", "Identity", "Squeeze", "Unsqueeze", "Relu", "Slice", "Pad"}
 
 
 def propagate_layouts(g: GraphIndex, input_name: str, forced: Layout | None, known: dict[str, Layout] | None = None) -> dict[str, Layout]:

@@ -199,3 +199,19 @@ def test_image_mlp_is_refused_in_one_line(save_model, capsys):
     assert main(["inspect", path]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no spatial feature maps" in err, err
+
+
+def test_run_report_carries_the_class_token_warning(model_file, tmp_path, capsys):
+    import cv2
+
+    path, case, _ = model_file("vit")
+    images = tmp_path / "images"
+    images.mkdir()
+    yy, xx = np.mgrid[0:24, 0:30]
+    for i in range(3):
+        pic = np.stack([xx * (4 + i), yy * 6, (xx + yy) * 2], axis=-1).astype(np.uint8)
+        cv2.imwrite(str(images / f"p{i}.png"), pic)
+    out = tmp_path / "out"
+    assert main(["run", path, str(images), "-o", str(out), "-q"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert any("class" in w for w in report["warnings"])

@@ -465,6 +465,8 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                     feature_maps = list(res.feature_maps)
                     report["feature_maps"] = [_map_record(m) for m in (res.maps or [])] or [{"name": n} for n in feature_maps]
                     report["warnings"] = list(getattr(pfv.analysis(input_hw), "warnings", []))
+                    for w in report["warnings"] if not args.quiet else []:
+                        bar.write(f"pfv-onnx run: warning: {w}", file=sys.stderr)
                 preds, pred_output = predictions(res.outputs, len(ok), labels, getattr(pfv, "output_names", None))
 
                 t0 = time.perf_counter()
