@@ -61,6 +61,7 @@ class InspectReport:
     decomposed: FeatureMap
     weighting: list[FeatureMap]
     notes: list[str]
+    warnings: list[str] = field(default_factory=list)  # where the choice is known to be weak
 
 
 def _parse_layout(layout: str | Layout | None) -> Layout | None:
@@ -566,4 +567,4 @@ def inspect(
         proto, spec, hw, input_layout=lay, layer=layer, weight_layers=weight_layers, probe=_probe(spec.name, path.parent)  # type: ignore[arg-type]
     )
     notes = [f"input {spec.name!r} is {lay.value} ({how})", *analysis.notes]
-    return InspectReport(spec.name, lay, spec.dims, hw, analysis.candidates, analysis.decomposed, analysis.weighting, notes)  # type: ignore[arg-type]
+    return InspectReport(spec.name, lay, spec.dims, hw, analysis.candidates, analysis.decomposed, analysis.weighting, notes, analysis.warnings)  # type: ignore[arg-type]
