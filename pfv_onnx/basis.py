@@ -23,7 +23,9 @@ Two passes over the images:
    ``(N, k, H, W)`` array follow exactly once the signs are known.
 
 Both kinds of statistics merge exactly, so shards (or Ray workers, see ``distributed``) can
-each accumulate their part. :func:`fit` runs both passes in one process.
+each accumulate their part. :func:`fit_passes` is the two-pass algorithm, written once: it
+takes a function that runs one :class:`Stage` over all the images and returns the merged
+statistics. :func:`fit` gives it passes in this process, ``distributed.fit`` passes on Ray.
 """
 
 from __future__ import annotations
@@ -33,14 +35,19 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import pca, weighting
 from .errors import InputError
 from .pca import PrincipalBasis
+from .decompose import FittedScaling
 from .xp import array_module, to_host
+
+if TYPE_CHECKING:
+    from .decompose import ForwardPass
+    from .pipeline import PFV
 
 FORMAT = "pfv-onnx-basis/1"
 VARIANTS = ("flat", "hierarchical")
@@ -72,9 +79,9 @@ class CovarianceStats:
     def empty(self) -> bool:
         return self.count == 0
 
-    def add(self, fp: Any) -> CovarianceStats:
-        """Accumulate one chunk (a ``pipeline.ForwardPass``) in place."""
-        E = fp.decomposed
+    def add(self, fp: ForwardPass) -> CovarianceStats:
+        """Accumulate one chunk in place."""
+        E = fp.activations
         xp = array_module(E)
         _check_chunk(self, fp)
         X = pca.observations(E)
@@ -225,9 +232,9 @@ class ProjectionStats:
     def empty(self) -> bool:
         return self.n_images == 0
 
-    def add(self, fp: Any, directions: PrincipalBasis, peaks: Any) -> ProjectionStats:
+    def add(self, fp: ForwardPass, directions: PrincipalBasis, peaks: Any) -> ProjectionStats:
         """Accumulate one chunk in place; ``directions`` and ``peaks`` come from the first pass."""
-        E = fp.decomposed
+        E = fp.activations
         xp = array_module(E)
         n, _, h, w = E.shape
         P = pca.project(pca.observations(E), directions)
@@ -302,15 +309,6 @@ def stats_from_bytes(data: bytes) -> CovarianceStats | ProjectionStats:
 
 
 @dataclass(frozen=True)
-class FixedScaling:
-    """What a fitted basis fixes in ``PFV.decompose`` besides the directions."""
-
-    peaks: list[float] | None  # the hierarchical variant's S_l maxima, earliest first
-    mean: float  # colour scaling: mean and std of the weighted projections over the data set
-    std: float
-
-
-@dataclass(frozen=True)
 class FittedBasis(PrincipalBasis):
     """A :class:`pca.PrincipalBasis` fitted over a data set, with what makes colours fixed.
 
@@ -321,7 +319,7 @@ class FittedBasis(PrincipalBasis):
     """
 
     model_sha256: str = ""
-    decomposed: str = ""
+    decomposed_name: str = ""  # the tensor E_L
     weighting: tuple[str, ...] = ()
     input_size: tuple[int, int] = (0, 0)
     n_images: int = 0
@@ -331,31 +329,36 @@ class FittedBasis(PrincipalBasis):
     model_name: str = ""
 
     @property
+    def decomposed(self) -> str:
+        """Former name of ``decomposed_name``, kept for existing callers."""
+        return self.decomposed_name
+
+    @property
     def tensors(self) -> list[str]:
         """The tensor names used, earliest first; the last one is E_L."""
-        return [*self.weighting, self.decomposed]
+        return [*self.weighting, self.decomposed_name]
 
-    def check_model(self, pfv: Any, analysis: Any = None) -> None:
-        """Refuse another model, or other feature maps than those fitted (InputError)."""
+    def check_model(self, pfv: PFV, used: list[str] | None = None) -> None:
+        """Refuse another model (by its hash over the file and its external data), or other
+        feature maps than those fitted (``used``: the tensor names, default those ``pfv``
+        uses at the fitted size); InputError."""
         if pfv.model_sha256 != self.model_sha256:
             raise InputError(
                 f"the basis was fitted on another model ({self.model_name or 'unnamed'}, sha256 {self.model_sha256[:12]}), "
                 f"not on {pfv.model_path.name} (sha256 {pfv.model_sha256[:12]}); fit a basis for this model with `pfv-onnx fit`"
             )
-        if analysis is None:
-            analysis = pfv.analysis(self.input_size)
-        used = [fm.name for fm in analysis.chosen]
-        if used != self.tensors:
+        if used is None:
+            used = pfv.feature_maps(self.input_size)
+        if list(used) != self.tensors:
             raise InputError(
                 f"the basis was fitted on feature maps {self.tensors}, this run uses {used}; "
                 "give the same --layer/--weight-layers (and input size) as the fit"
             )
 
-    def scaling_for(self, pfv: Any, analysis: Any, hierarchical: bool) -> FixedScaling:
-        """Checks the model and returns the fixed peaks and colour statistics (``PFV.decompose``)."""
-        self.check_model(pfv, analysis)
+    def scaling(self, hierarchical: bool) -> FittedScaling:
+        """The fitted peaks and colour statistics of one weighting variant (for ``decompose``)."""
         mean, std = self.colour["hierarchical" if hierarchical else "flat"]
-        return FixedScaling(peaks=list(self.weight_peaks) if hierarchical else None, mean=mean, std=std)
+        return FittedScaling(peaks=list(self.weight_peaks) if hierarchical else None, mean=mean, std=std)
 
     def save(self, path: str | Path) -> Path:
         """Write the basis as ``.npz`` (no pickle; metadata as a JSON string), atomically."""
@@ -365,7 +368,7 @@ class FittedBasis(PrincipalBasis):
             "format": FORMAT,
             "model_sha256": self.model_sha256,
             "model_name": self.model_name,
-            "decomposed": self.decomposed,
+            "decomposed": self.decomposed_name,
             "weighting": list(self.weighting),
             "input_size": list(self.input_size),
             "k": self.k,
@@ -385,7 +388,7 @@ class FittedBasis(PrincipalBasis):
         return write_npz(path, arrays)
 
 
-def load(path: str | Path, pfv: Any = None) -> FittedBasis:
+def load(path: str | Path, pfv: PFV | None = None) -> FittedBasis:
     """Read a basis written by :meth:`FittedBasis.save`; with ``pfv``, refuse it for another model."""
     p = Path(path)
     if not p.is_file():
@@ -407,7 +410,7 @@ def load(path: str | Path, pfv: Any = None) -> FittedBasis:
             total_variance=float(meta["total_variance"]),
             n_observations=int(meta["n_observations"]),
             model_sha256=str(meta["model_sha256"]),
-            decomposed=str(meta["decomposed"]),
+            decomposed_name=str(meta["decomposed"]),
             weighting=tuple(str(t) for t in meta["weighting"]),
             input_size=tuple(int(v) for v in meta["input_size"]),  # type: ignore[arg-type]
             n_images=int(meta["n_images"]),
@@ -425,7 +428,7 @@ def load(path: str | Path, pfv: Any = None) -> FittedBasis:
     return basis
 
 
-def load_for_run(path: str | Path | None, pfv: Any, preprocessing: dict[str, Any] | None = None, k: int | None = None) -> tuple[FittedBasis | None, list[str]]:
+def load_for_run(path: str | Path | None, pfv: PFV, preprocessing: dict[str, Any] | None = None, k: int | None = None) -> tuple[FittedBasis | None, list[str]]:
     """``pfv-onnx run --basis``: the basis checked against the model, and notes for the report.
 
     A preprocessing other than the fit's is allowed but noted: the fitted colour scaling
@@ -445,7 +448,7 @@ def load_for_run(path: str | Path | None, pfv: Any, preprocessing: dict[str, Any
 
 
 def finish(
-    pfv: Any,
+    pfv: PFV,
     cov: CovarianceStats,
     directions: PrincipalBasis,
     proj: ProjectionStats,
@@ -470,7 +473,7 @@ def finish(
         total_variance=float(directions.total_variance),
         n_observations=int(directions.n_observations),
         model_sha256=pfv.model_sha256,
-        decomposed=analysis.decomposed.name,
+        decomposed_name=analysis.decomposed.name,
         weighting=tuple(fm.name for fm in analysis.weighting),
         input_size=tuple(cov.input_hw),  # type: ignore[arg-type]
         n_images=int(cov.n_images),
@@ -484,12 +487,12 @@ def finish(
 # --------------------------------------------------------------------------- one process
 
 
-def _check_chunk(stats: CovarianceStats, fp: Any) -> None:
+def _check_chunk(stats: CovarianceStats, fp: ForwardPass) -> None:
     if stats.empty:
         return
     if tuple(fp.input_hw) != stats.input_hw:
         raise InputError(f"all images of a fit must have one input size; got {tuple(fp.input_hw)} after {stats.input_hw}")
-    if int(fp.decomposed.shape[1]) != stats.channels or len(fp.weights) != int(stats.peaks.shape[0]):
+    if int(fp.activations.shape[1]) != stats.channels or len(fp.weights) != int(stats.peaks.shape[0]):
         raise InputError("the chunks of a fit come from different feature maps; use one model and one set of layers")
 
 
@@ -533,33 +536,69 @@ def chunks(images: ChunkSource, batch_size: int = 32) -> Callable[[], Iterable[A
     raise InputError(f"cannot read images from a {type(images).__name__}; give a NumPy batch, a list of batches or a function")
 
 
-def covariance_statistics(pfv: Any, images: ChunkSource, *, batch_size: int = 32, progress: Callable[[int], None] | None = None) -> CovarianceStats:
-    """First pass over ``images`` (see :func:`chunks`)."""
-    stats = CovarianceStats()
-    for batch in chunks(images, batch_size)():
-        fp = pfv.forward(batch)
-        stats.add(fp)
-        if progress is not None:
-            progress(fp.n)
-    return stats.host()
+@dataclass(frozen=True)
+class Stage:
+    """One pass of a fit: the first (no ``directions``) or the second, with the first pass's
+    directions and weighting-map peaks. What each chunk's forward pass adds to."""
+
+    directions: PrincipalBasis | None = None
+    peaks: Any = None
+
+    def empty(self) -> CovarianceStats | ProjectionStats:
+        return CovarianceStats() if self.directions is None else ProjectionStats()
+
+    def add(self, stats: Any, fp: ForwardPass) -> Any:
+        if self.directions is None:
+            return stats.add(fp)
+        return stats.add(fp, self.directions, self.peaks)
+
+
+RunPass = Callable[[Stage], "CovarianceStats | ProjectionStats | None"]
+
+
+def fit_passes(pfv: PFV, run_pass: RunPass, *, k: int, preprocessing: dict[str, Any] | None = None) -> FittedBasis:
+    """The two-pass fit: ``run_pass(stage)`` runs one stage over every image and returns the
+    merged statistics (None when no image could be read); ``pfv`` names the model and maps."""
+    cov = run_pass(Stage())
+    if cov is None or cov.empty:
+        raise InputError("no images were read, so there is nothing to fit")
+    cov = cov.host()  # type: ignore[union-attr]
+    directions = cov.principal(k)
+    proj = run_pass(Stage(directions, np.asarray(cov.peaks)))
+    return finish(pfv, cov, directions, proj or ProjectionStats(), preprocessing=preprocessing)  # type: ignore[arg-type]
+
+
+def local_pass(pfv: PFV, images: ChunkSource, *, batch_size: int = 32, progress: Callable[[int], None] | None = None) -> RunPass:
+    """Passes in this process: every batch of ``images`` (see :func:`chunks`) through ``pfv.forward``."""
+    source = chunks(images, batch_size)
+
+    def run(stage: Stage) -> CovarianceStats | ProjectionStats:
+        stats = stage.empty()
+        for batch in source():
+            fp = pfv.forward(batch)
+            stage.add(stats, fp)
+            if progress is not None:
+                progress(fp.n)
+        return stats
+
+    return run
+
+
+def covariance_statistics(pfv: PFV, images: ChunkSource, *, batch_size: int = 32, progress: Callable[[int], None] | None = None) -> CovarianceStats:
+    """First pass over ``images`` (see :func:`chunks`), e.g. for one shard."""
+    return local_pass(pfv, images, batch_size=batch_size, progress=progress)(Stage()).host()  # type: ignore[union-attr]
 
 
 def projection_statistics(
-    pfv: Any, images: ChunkSource, directions: PrincipalBasis, peaks: Any, *, batch_size: int = 32,
+    pfv: PFV, images: ChunkSource, directions: PrincipalBasis, peaks: Any, *, batch_size: int = 32,
     progress: Callable[[int], None] | None = None,
 ) -> ProjectionStats:
     """Second pass over the same ``images``, with the first pass's directions and peaks."""
-    stats = ProjectionStats()
-    for batch in chunks(images, batch_size)():
-        fp = pfv.forward(batch)
-        stats.add(fp, directions, peaks)
-        if progress is not None:
-            progress(fp.n)
-    return stats
+    return local_pass(pfv, images, batch_size=batch_size, progress=progress)(Stage(directions, peaks))  # type: ignore[return-value]
 
 
 def fit(
-    pfv: Any,
+    pfv: PFV,
     images: ChunkSource,
     *,
     k: int | None = None,
@@ -572,9 +611,5 @@ def fit(
     ``pfv`` is a ``PFV``; ``images`` a NumPy batch, a list of batches, or a function returning a
     fresh iterable of batches (preprocessed, in the model's layout). ``k`` defaults to ``pfv.k``.
     """
-    k = pfv.k if k is None else k
-    source = chunks(images, batch_size)
-    cov = covariance_statistics(pfv, source, progress=progress)
-    directions = cov.principal(k)
-    proj = projection_statistics(pfv, source, directions, cov.peaks, progress=progress)
-    return finish(pfv, cov, directions, proj, preprocessing=preprocessing)
+    run = local_pass(pfv, images, batch_size=batch_size, progress=progress)
+    return fit_passes(pfv, run, k=pfv.k if k is None else k, preprocessing=preprocessing)

@@ -53,7 +53,7 @@ class Randomisation:
     """A model with re-drawn weights and what was changed.
 
     ``model`` keeps references to any external data of tensors that were not changed; save it
-    with :func:`save_model` and the source model's folder.
+    with ``model_file.save_model`` and the source model's folder.
     """
 
     model: onnx.ModelProto
@@ -280,42 +280,15 @@ def randomise_weights(model: onnx.ModelProto, *, seed: int | None = 0, biases: s
     return Randomisation(out, list(done.values()), zeroed, skipped, seed)
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike[str], source_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Write ``model`` as one self-contained file, pulling in external data from ``source_dir``.
-
-    Paths of external data are checked (they must stay inside ``source_dir``) before anything is read.
-    """
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
-
-    from .model_io import check_external_data
-
-    model_copy = onnx.ModelProto()
-    model_copy.CopyFrom(model)
-    if any(uses_external_data(t) for t in model_copy.graph.initializer):
-        if source_dir is None:
-            raise ModelError("the model keeps weights in external data files; give the folder they are in")
-        check_external_data(model_copy, Path(source_dir))
-        load_external_data_for_model(model_copy, str(source_dir))
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".tmp")
-    if model_copy.ByteSize() > 2_000_000_000 - 1:
-        onnx.save(model_copy, str(tmp), save_as_external_data=True, location=target.name + ".data")
-    else:
-        onnx.save(model_copy, str(tmp))
-    tmp.replace(target)
-    return target
-
-
 def randomise_model_file(
     model: str | os.PathLike[str], out: str | os.PathLike[str], *, seed: int | None = 0, biases: str = "zero"
 ) -> Randomisation:
     """:func:`randomise_weights` on a model file, written to ``out`` (a self-contained ``.onnx``)."""
-    from .model_io import load_model
+    from .model_file import ModelFile, save_model
 
-    src = Path(model)
-    result = randomise_weights(load_model(src), seed=seed, biases=biases)
-    save_model(result.model, out, src.parent)
+    src, proto = ModelFile.open(model)
+    result = randomise_weights(proto, seed=seed, biases=biases)
+    save_model(result.model, out, src.folder)
     return result
 
 
