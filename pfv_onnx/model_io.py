@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -45,14 +44,6 @@ def _dims_of(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | 
         else:
             dims.append(None)
     return tuple(dims)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _graph_tensors(graph: onnx.GraphProto):

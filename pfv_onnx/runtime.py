@@ -25,28 +25,6 @@ def _ort():
     return ort
 
 
-def check_onnxruntime_builds() -> str | None:
-    """A one-line warning when both onnxruntime and onnxruntime-gpu are installed, else None.
-
-    Both install the same module and the last one installed silently wins.
-    """
-    from importlib import metadata
-
-    present = []
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            metadata.version(dist)
-            present.append(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    if len(present) == 2:
-        return (
-            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; repair with "
-            "`pip uninstall -y onnxruntime onnxruntime-gpu` then `pip install onnxruntime-gpu` (GPU) or `pip install onnxruntime` (CPU)"
-        )
-    return None
-
-
 def resolve_provider(provider: str) -> list[str]:
     """Execution providers to request for ``auto|cpu|cuda``."""
     if provider not in ("auto", "cpu", "cuda"):
@@ -57,8 +35,13 @@ def resolve_provider(provider: str) -> list[str]:
         return [CPU]
     if CUDA not in available:
         if provider == "cuda":
-            hint = check_onnxruntime_builds() or "install onnxruntime-gpu (and CUDA 12 libraries) or use --provider cpu"
-            raise DependencyError(f"the CUDA execution provider is not available in this onnxruntime build; {hint}")
+            from .runtime_check import check_onnxruntime_install
+
+            check_onnxruntime_install()  # two builds sharing one module: say how to repair that first
+            raise DependencyError(
+                "the CUDA execution provider is not available in this onnxruntime build; "
+                "install onnxruntime-gpu (and CUDA 12 libraries) or use --provider cpu"
+            )
         return [CPU]
     return [CUDA, CPU]
 

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from ..pipeline import PFV
 
 PRESET_NAMES = ("imagenet", "inception", "caffe", "raw")
-DEFAULT_SIZE = 224
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -190,7 +189,7 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
         "--size",
         type=size_hw,
         metavar="N|HxW",
-        help=f"model input size (default: the model's static size, else {DEFAULT_SIZE})",
+        help="model input size (default: the model's static size, else its metadata's input_size, else 224)",
     )
     g.add_argument(
         "--resize",
@@ -302,14 +301,9 @@ def model_size(pfv: PFV, requested: tuple[int, int] | None) -> tuple[int, int]:
                     f"{want} (input size {fixed}); leave --size out"
                 )
         return requested
-    if not (h and w):  # a dynamic side: the size the model's metadata suggests, else 224
-        meta = dict(getattr(pfv, "metadata", None) or {})
-        try:
-            mh, mw = size_hw(str(meta.get("input_size", "")))
-        except argparse.ArgumentTypeError:
-            mh = mw = DEFAULT_SIZE
-        h, w = h or mh, w or mw
-    return (int(h), int(w))
+    from ..model_file import default_size
+
+    return default_size((h, w), dict(getattr(pfv, "metadata", None) or {}))
 
 
 def build_preprocessing(args: argparse.Namespace, pfv: PFV) -> tuple[Preprocessing, list[str]]:
