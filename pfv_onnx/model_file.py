@@ -1,5 +1,5 @@
 """A model file's identity and writing: its resolved path, one hash over the file and its
-external data, reloading it unchanged, one atomic ONNX writer, and the default input size.
+external data, reloading it unchanged, and one atomic ONNX writer.
 
 Everything that reads a model again later (a new input size, the self-check, a save) goes
 through :class:`ModelFile`, whose path is absolute from the moment it is opened: a change of
@@ -12,7 +12,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +22,6 @@ from .errors import ModelError
 #: Protobuf refuses to serialise a message of 2 GiB or more; a larger model is written with
 #: its tensors in a data file beside it.
 PROTOBUF_LIMIT = 2**31 - 1
-#: The input size (H, W) used for a dynamic side when the model's metadata suggests none.
-FALLBACK_SIZE = (224, 224)
 _TEMP_PREFIX = ".pfv-tmp-"
 
 
@@ -140,28 +137,3 @@ def save_model(
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return target
-
-
-def parse_size(text: str) -> tuple[int, int] | None:
-    """``"224"`` -> (224, 224); ``"240x320"`` or ``"240,320"`` -> (240, 320); anything else None."""
-    parts = str(text).strip().lower().replace(" ", "").replace(",", "x").split("x")
-    if not all(p.isdigit() for p in parts):
-        return None
-    values = [int(p) for p in parts]
-    if len(values) == 1:
-        values *= 2
-    if len(values) != 2 or min(values) < 1:
-        return None
-    return values[0], values[1]
-
-
-def default_size(static_hw: tuple[int | None, int | None], metadata: Mapping[str, str] | None = None) -> tuple[int, int]:
-    """The input size (H, W) used when none is given.
-
-    Each static side is the model's own; a dynamic side comes from the metadata entry
-    ``input_size`` (``"HxW"``, ``"N"``) when it is readable, else from :data:`FALLBACK_SIZE`.
-    """
-    h, w = static_hw
-    hint = parse_size((metadata or {}).get("input_size", "")) or FALLBACK_SIZE
-    return (int(h) if h else hint[0], int(w) if w else hint[1])
-

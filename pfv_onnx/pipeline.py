@@ -116,6 +116,7 @@ class PFV:
         self.fixed_batch: int | None = dims[0] if isinstance(dims[0], int) else None
         self.output_names = [o.name for o in self._model.graph.output]
         self._self_check = SelfCheck(self.model_file, self.input_name, self.output_names) if self_check else None
+        self.output_shapes = {o.name: tuple(d.dim_value or d.dim_param or None for d in o.type.tensor_type.shape.dim) for o in self._model.graph.output}
         self.k, self.hierarchical, self.n_sigma = k, hierarchical, n_sigma
         self.layer, self.weight_layers = layer, (list(weight_layers) if weight_layers is not None else None)
         self._provider_request = provider
@@ -127,14 +128,26 @@ class PFV:
         # Analyse and build the session for the default size now, so model errors surface here.
         self._session_for(self.default_size)
 
+    def __repr__(self) -> str:
+        el = self.analysis(self.default_size).decomposed
+        shape = "x".join(str(s) for s in (el.channels, *el.hw))
+        return f"PFV({self.model_path.name!r}, provider={self.provider!r}, E_L={el.name!r} ({shape} at input {self.default_size[0]}x{self.default_size[1]}), k={self.k})"
+
+    def explain_images(self, images: Any, **options: Any):
+        """PFV of image files or arrays, decoded and preprocessed as ``pfv-onnx run`` does (the
+        model's metadata first, then the defaults); see :func:`pfv_onnx.notebook.explain_images`."""
+        from .notebook import explain_images
+
+        return explain_images(self, images, **options)
+
     # ------------------------------------------------------------ analysis and sessions
 
     @property
     def default_size(self) -> tuple[int, int]:
         """The static input size; for dynamic dims the metadata's ``input_size`` ("HxW"), else 224."""
-        from .model_file import default_size
+        from .config import default_size
 
-        return default_size(self.input_size, self.metadata)
+        return default_size(self.input_size, self.metadata)[0]
 
     @property
     def self_check_result(self) -> str | None:
@@ -385,14 +398,15 @@ def inspect(
 ) -> InspectReport:
     """Every spatial map of ``model`` and the choice PFV makes, with reasons. Runs nothing unless shapes need a probe."""
     from . import model_io, surgery
-    from .model_file import ModelFile, default_size
+    from .config import default_size
+    from .model_file import ModelFile
 
     file, proto = ModelFile.open(model)
     spec = model_io.image_input(proto, input_name)
     lay, how = surgery.input_layout(proto, spec, _parse_layout(layout))
     a, b = lay.spatial_axes
     static = (spec.dims[a] if isinstance(spec.dims[a], int) else None, spec.dims[b] if isinstance(spec.dims[b], int) else None)
-    hw = tuple(size) if size else default_size(static, {m.key: m.value for m in proto.metadata_props})
+    hw = tuple(size) if size else default_size(static, {m.key: m.value for m in proto.metadata_props})[0]
     analysis = surgery.analyse(
         proto, spec, hw, input_layout=lay, layer=layer, weight_layers=weight_layers, probe=_probe(spec.name, file.folder)  # type: ignore[arg-type]
     )

@@ -194,9 +194,9 @@ def test_randomised_model_over_the_limit_is_written_with_its_data_file(small_pro
     ],
 )
 def test_default_size(static, meta, want):
-    from pfv_onnx.model_file import default_size
+    from pfv_onnx.config import default_size
 
-    assert default_size(static, meta) == want
+    assert default_size(static, meta)[0] == want
 
 
 def test_inspect_and_pfv_use_the_same_default_size(tmp_path):
