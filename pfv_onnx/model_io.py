@@ -291,8 +291,7 @@ def _copy_fields(src: Any, dst: Any, skip: str) -> None:
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the model whose large initializers keep their name, type and dims but no data.
 
-    Enough for shape inference and graph analysis, at a fraction of the memory: a full copy of
-    ResNet-50 is 100 MB.
+    Enough for shape inference and graph analysis, at a fraction of the memory of a full copy.
     """
     graph = onnx.GraphProto()
     _copy_fields(model.graph, graph, skip="initializer")

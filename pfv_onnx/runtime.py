@@ -49,19 +49,19 @@ def resolve_provider(provider: str) -> list[str]:
 def session_options(external_data_dir: Path | None = None, threads: int | None = None, *, arena: bool = True, spinning: bool = True):
     ort = _ort()
     so = ort.SessionOptions()
-    # ENABLE_ALL (NCHWc layouts on x86) runs EfficientNet-Lite0 2.5x faster than EXTENDED.
+    # ENABLE_ALL: NCHWc layouts on x86, much faster than EXTENDED (docs/PERFORMANCE.md, "Session options").
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Without the memory pattern (one block pre-planned per input shape) the peak memory of a
-    # forward pass is about 30% lower at the same speed (docs/PERFORMANCE.md).
+    # Without the memory pattern (one block pre-planned per input shape) a forward pass peaks
+    # lower at the same speed (docs/PERFORMANCE.md, "Session options").
     so.enable_mem_pattern = False
     so.log_severity_level = 4  # errors come back as exceptions (one line each); ORT would print them again
     if threads:
         so.intra_op_num_threads = threads
     if not arena:
         so.enable_cpu_mem_arena = False
-    # Spinning worker threads (onnxruntime's default) make back-to-back forward passes 10-15%
-    # faster at 2 threads; where other threads share the cores (the command line decodes and
-    # draws beside the passes) they steal them, and sleeping threads are faster (docs/PERFORMANCE.md).
+    # Spinning worker threads (onnxruntime's default) make back-to-back forward passes faster;
+    # where other threads share the cores (the command line decodes and draws beside the
+    # passes) they steal them, and sleeping threads are faster (docs/PERFORMANCE.md, "Session options").
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if external_data_dir is not None:
@@ -168,8 +168,9 @@ def release_freed_memory() -> None:
     """Give memory that was freed back to the operating system (glibc only; elsewhere nothing).
 
     Building a session leaves the transient copies of a model (the rewritten protobuf, its
-    serialised bytes, onnxruntime's parse) freed but kept by the C allocator: 250 MiB for
-    ResNet-50, which every later forward pass would add to. ``malloc_trim`` returns them.
+    serialised bytes, onnxruntime's parse) freed but kept by the C allocator, where every later
+    forward pass would add to them (docs/PERFORMANCE.md, "Session options"). ``malloc_trim``
+    returns them.
     """
     from ._libc import function
 
