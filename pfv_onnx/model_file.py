@@ -100,7 +100,10 @@ def save_model(
     (they must stay inside ``source_dir``) before anything is read. ``check`` runs onnx's
     checker on the written model. ``model`` itself is not modified.
     """
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+    from onnx.external_data_helper import (
+        load_external_data_for_model,
+        uses_external_data,
+    )
 
     from .model_io import _external_tensors, check_external_data
 

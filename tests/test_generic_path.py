@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import graphs
-from pfv_onnx import PFV, basis, decompose, pca, weighting, xp
+from pfv_onnx import PFV, basis, decompose, fit_stats, pca, weighting, xp
 
 
 class _NumpyStandIn(types.ModuleType):
@@ -41,7 +41,7 @@ def generic(monkeypatch):
 
     def run(fn):
         with monkeypatch.context() as m:
-            for mod in (xp, pca, weighting, basis):
+            for mod in (xp, pca, weighting, fit_stats):
                 m.setattr(mod, "array_module", module_of)
             # weighting's per-image loop (OpenCV, image-major) is taken for NumPy arrays only
             m.setattr(weighting, "_per_image", lambda P: False)
