@@ -4,7 +4,7 @@ function of the feature maps (no model, no session)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ from .pca import PrincipalBasis
 MAX_MAP_VALUE = 1e15  # larger magnitudes in a tapped map are refused (float32 overflow)
 
 
+@dataclass
 class ForwardPass:
     """Feature maps and original outputs of one chunk of images.
 
@@ -26,20 +27,17 @@ class ForwardPass:
     former name of ``activations``, kept for existing callers.
     """
 
-    __slots__ = ("activations", "weights", "outputs", "input_hw")
+    activations: Any = None
+    weights: list[Any] = field(default_factory=list)
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    input_hw: tuple[int, int] = (0, 0)
+    decomposed: InitVar[Any] = None
 
-    def __init__(
-        self, activations: Any = None, weights: Sequence[Any] = (), outputs: dict[str, np.ndarray] | None = None,
-        input_hw: tuple[int, int] = (0, 0), *, decomposed: Any = None,
-    ) -> None:  # fmt: skip
-        self.activations = activations if activations is not None else decomposed
-        self.weights = list(weights)
-        self.outputs = dict(outputs or {})
-        self.input_hw = tuple(input_hw)
-
-    @property
-    def decomposed(self) -> Any:
-        return self.activations
+    def __post_init__(self, decomposed: Any) -> None:
+        if decomposed is not None:
+            self.activations = decomposed
+        self.weights = list(self.weights)
+        self.input_hw = tuple(self.input_hw)  # type: ignore[assignment]
 
     @property
     def n(self) -> int:
@@ -52,6 +50,11 @@ class ForwardPass:
         idx = np.asarray(rows, dtype=np.int64)
         pick = lambda a: a[array_module(a).asarray(idx)]  # noqa: E731
         return ForwardPass(pick(self.activations), [pick(w) for w in self.weights], {k: v[idx] for k, v in self.outputs.items()}, self.input_hw)
+
+
+# The former name of ``activations`` (read side); set after the class is made, as the
+# dataclass takes a class attribute of that name for the default of the init argument.
+ForwardPass.decomposed = property(lambda self: self.activations, doc="Former name of ``activations``.")  # type: ignore[assignment,method-assign]
 
 
 @dataclass
