@@ -12,7 +12,6 @@ import numpy as np
 from .errors import InputError, ModelError, PfvError
 from .feature_maps import FeatureMap, Layout
 
-MAX_MAP_VALUE = 1e15  # larger magnitudes in a tapped map are refused (float32 overflow)
 SELF_CHECK_IMAGES = 2  # images of the first chunk on which the original outputs are compared once per model
 
 
@@ -413,7 +412,7 @@ class PFV:
         basis: Any = None,
     ) -> PFVResult:
         """One PCA over the gathered chunks, then weighting and batch colour scaling."""
-        from . import pca, weighting
+        from . import degenerate, float_range, pca, weighting
         from .xp import array_module, to_host
 
         if not passes:
@@ -428,24 +427,21 @@ class PFV:
         xp = array_module(passes[0].decomposed)
         E = _concat([p.decomposed for p in passes])
         weights = [_concat([p.weights[i] for p in passes]) for i in range(len(passes[0].weights))]
+        peaks = []
         for name, arr in [(analysis.decomposed.name, E), *((fm.name, S) for fm, S in zip(analysis.weighting, weights))]:
-            peak = max(-float(arr.min()), float(arr.max())) if arr.size else 0.0  # NaN when any value is NaN
-            if not np.isfinite(peak):
+            peaks.append(float_range.peak(arr))  # NaN when any value is NaN; any finite size is fine (scale-free)
+            if not np.isfinite(peaks[-1]):
                 raise InputError(f"feature map {name!r} contains NaN or Inf values; check the preprocessing and the model")
-            if peak > MAX_MAP_VALUE:  # squares of such values overflow float32 in the PCA and weighting
-                raise InputError(
-                    f"feature map {name!r} has values up to {peak:.3g}, beyond {MAX_MAP_VALUE:.0e}, too large to decompose "
-                    "in float32; check the model's weights and the preprocessing"
-                )
         n, _, h, w = E.shape
         X = pca.observations(E)
         # A fitted basis (basis.FittedBasis) is checked against the model, and fixes the hierarchical peaks and colour scaling.
         fixed = basis.scaling_for(self, analysis, hierarchical) if hasattr(basis, "scaling_for") else None
         if basis is None:
-            basis, P = pca.fit(X, k)
+            basis, P = pca.fit(X, k, peak=peaks[0])
         else:
             P = pca.project(X, basis)
         comps = pca.components(P, n, h, w)
+        degenerate.check(analysis, peaks, basis, comps, fitted=fixed is not None, hierarchical=hierarchical)
         if hierarchical:
             mapped = weighting.hierarchical(comps, weights, hw, peaks=fixed.peaks if fixed else None)
         else:
