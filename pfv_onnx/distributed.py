@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import basis as basis_mod
-from .errors import DependencyError, InputError, PfvError
+from .errors import DependencyError, InputError, PfvError, one_line
 
 EXTRA = "ray"
 _INSTALL = f"pip install 'pfv-onnx[{EXTRA}]'"
@@ -258,7 +258,7 @@ class RunPass:
                 tensors.append(x)
                 rec.update(hw=(img.height, img.width), notes=list(img.notes))
             except PfvError as exc:
-                rec["error"] = " ".join(str(exc).split()) or "unknown error"
+                rec["error"] = one_line(str(exc))
             except MemoryError:
                 rec["error"] = "out of memory while reading the image"
             rec["seconds"] = time.perf_counter() - t0

@@ -143,6 +143,7 @@ class PFV:
         self.input_channels: int | None = c if isinstance(c, int) else None
         self.fixed_batch: int | None = dims[0] if isinstance(dims[0], int) else None
         self.output_names = [o.name for o in self._model.graph.output]
+        self.output_shapes = {o.name: tuple(d.dim_value or d.dim_param or None for d in o.type.tensor_type.shape.dim) for o in self._model.graph.output}
         self.k, self.hierarchical, self.n_sigma = k, hierarchical, n_sigma
         self.layer, self.weight_layers = layer, (list(weight_layers) if weight_layers is not None else None)
         self._provider_request = provider
@@ -155,6 +156,18 @@ class PFV:
         self._sessions: dict[tuple[str, ...], Any] = {}
         # Analyse and build the session for the default size now, so model errors surface here.
         self._session_for(self.default_size)
+
+    def __repr__(self) -> str:
+        el = self.analysis(self.default_size).decomposed
+        shape = "x".join(str(s) for s in (el.channels, *el.hw))
+        return f"PFV({self.model_path.name!r}, provider={self.provider!r}, E_L={el.name!r} ({shape} at input {self.default_size[0]}x{self.default_size[1]}), k={self.k})"
+
+    def explain_images(self, images: Any, **options: Any):
+        """PFV of image files or arrays, decoded and preprocessed as ``pfv-onnx run`` does (the
+        model's metadata first, then the defaults); see :func:`pfv_onnx.notebook.explain_images`."""
+        from .notebook import explain_images
+
+        return explain_images(self, images, **options)
 
     # ------------------------------------------------------------ analysis and sessions
 
