@@ -24,6 +24,7 @@ import numpy as np
 
 from . import float_range, pca, weighting
 from .errors import InputError
+from .predictions import class_scores
 from .xp import array_module, to_host
 
 # Same channels when at least this share of the reference's varying channels correlate best
@@ -58,6 +59,7 @@ class Comparison:
     candidate_rgb: np.ndarray  # (N, H', W', k) float32 in [0, 1], the same colour space
     reference_maps: list[str] = field(default_factory=list)  # tensor names, earliest first; the last is E_L
     candidate_maps: list[str] = field(default_factory=list)
+    classes: tuple[int | None, int | None] = (None, None)  # each model's number of classes (None: no class scores)
     grid: tuple[int, int] = (0, 0)  # the common (h, w) of the component maps
     candidate_grid: tuple[int, int] = (0, 0)
 
@@ -100,8 +102,6 @@ def compare(
     ``candidate_batch`` defaults to ``reference_batch``). ``channels``: ``"auto"`` (from the
     evidence), ``"same"`` or ``"procrustes"``. The reference's ``k``, weighting variant and
     ``n_sigma`` apply to both."""
-    from .cli.cmd_run import predictions  # the class-score output and its top classes, as `run` reports them
-
     candidate_batch = reference_batch if candidate_batch is None else candidate_batch
     if len(candidate_batch) != len(reference_batch) or len(reference_batch) == 0:
         raise InputError("compare needs the same images, at least one, for both models")
@@ -142,12 +142,13 @@ def compare(
     )
     outs_r = {name: np.concatenate([p.outputs[name] for p in ref_passes]) for name in ref_passes[0].outputs}
     outs_c = {name: np.concatenate([p.outputs[name] for p in cand_passes]) for name in cand_passes[0].outputs}
-    preds_r, _ = predictions(outs_r, n, None, reference.output_names)
-    preds_c, _ = predictions(outs_c, n, None, candidate.output_names)
+    probs_r, _ = class_scores(outs_r, n, reference.output_names)
+    probs_c, _ = class_scores(outs_c, n, candidate.output_names)
     return Comparison(
         drift=drift,
-        top1_reference=[None if p is None else int(p["class"]) for p in preds_r],
-        top1_candidate=[None if p is None else int(p["class"]) for p in preds_c],
+        top1_reference=_top1(probs_r, n),
+        top1_candidate=_top1(probs_c, n),
+        classes=(None if probs_r is None else int(probs_r.shape[1]), None if probs_c is None else int(probs_c.shape[1])),
         cka=linear_cka(pca.observations(E_r), pca.observations(E_c_grid)),
         channels="same" if use_same else "procrustes",
         evidence=evidence,
@@ -304,6 +305,10 @@ def shared_colours(
         rgb = weighting.scale_colours(scaled, n_sigma, mean=mean, std=std)
         out.append(np.ascontiguousarray(to_host(rgb).transpose(0, 2, 3, 1), dtype=np.float32))
     return out[0], out[1]
+
+
+def _top1(probs: np.ndarray | None, n: int) -> list[int | None]:
+    return [None] * n if probs is None else [int(c) for c in probs.argmax(axis=1)]
 
 
 def _gather(arrays: list[Any]) -> Any:

@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     cargs = candidate_args(args)
     ref = _args.build_pfv(args, args.reference)
     cand = _args.build_pfv(cargs, args.candidate)
-    prep_r, notes_r = _args.build_preprocessing(args, ref)
-    prep_c, notes_c = _args.build_preprocessing(cargs, cand)
+    config_r, config_c = _args.resolve(args, ref), _args.resolve(cargs, cand)
+    prep_r, prep_c = config_r.preprocessing, config_c.preprocessing
 
     images, tensors_r, tensors_c = [], [], []
     for path in found.files:
@@ -129,9 +129,7 @@ def run(args: argparse.Namespace) -> int:
     del tensors_r, tensors_c
 
     names = unique_names([img.path for img in images])
-    labels_r, _ = _args.read_labels(args.labels, ref)
-    labels_c, _ = _args.read_labels(args.labels, cand)
-    labels_c = labels_c or labels_r
+    labels_r, labels_c = config_r.labels, config_c.labels or config_r.labels
     outdir = Path(args.outdir)
     try:
         (outdir / PICTURES).mkdir(parents=True, exist_ok=True)
@@ -141,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     pictures: dict[str, Any] = {}
     for i, (img, name) in enumerate(zip(images, names)):
-        lab_r = _label(labels_r, result.top1_reference[i])
-        lab_c = _label(labels_c, result.top1_candidate[i])
+        lab_r = _label(labels_r, result.top1_reference[i], result.classes[0])
+        lab_c = _label(labels_c, result.top1_candidate[i], result.classes[1])
         caption = f"{name}  drift {result.drift[i]:.3f}  reference: {lab_r or result.top1_reference[i]}  candidate: {lab_c or result.top1_candidate[i]}"
         pic = compare_report.side_by_side(
             img.bgr, result.reference_rgb[i], result.candidate_rgb[i],
@@ -172,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         }
         if failed:
             exit_code = EXIT_DRIFT
-    summary["preprocessing"] = {"reference": prep_r.to_dict(), "candidate": prep_c.to_dict(), "notes": {"reference": notes_r, "candidate": notes_c}}
+    summary["preprocessing"] = {"reference": config_r.to_dict(), "candidate": config_c.to_dict()}
     summary["models"] = {
         "reference": {"path": str(Path(args.reference).resolve()), "sha256": ref.model_sha256},
         "candidate": {"path": str(Path(args.candidate).resolve()), "sha256": cand.model_sha256},
@@ -191,8 +189,10 @@ def run(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def _label(labels: list[str] | None, c: int | None) -> str | None:
-    return labels[c] if labels and c is not None and 0 <= c < len(labels) else None
+def _label(labels: Any, c: int | None, classes: int | None) -> str | None:
+    from ..predictions import label_for
+
+    return None if c is None or classes is None else label_for(labels, c, classes)
 
 
 def _print_summary(summary: dict[str, Any], outdir: Path, failed: int) -> None:
