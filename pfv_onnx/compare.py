@@ -200,8 +200,7 @@ def channel_evidence(E_ref: Any, E_cand: Any) -> ChannelEvidence:
 
 def _standardised(X: Any) -> np.ndarray:
     """Host float64 columns with mean 0 and (population) std 1; constant columns all zero."""
-    X = to_host(X).astype(np.float64)
-    X *= float_range.factor(float(np.abs(X).max()) if X.size else 0.0)
+    X = _host64(X)
     X -= X.mean(axis=0)
     std = X.std(axis=0)
     return np.divide(X, std, out=np.zeros_like(X), where=std > 0)
@@ -210,10 +209,7 @@ def _standardised(X: Any) -> np.ndarray:
 def procrustes(source: Any, target: Any) -> np.ndarray:
     """The orthogonal (k, k) rotation R that minimises ||source R - target|| over all images and
     positions; both (N, k, h, w) on the same grid (k may differ: R is then (k_s, k_t), orthonormal columns)."""
-    S = to_host(pca.observations(source)).astype(np.float64)
-    T = to_host(pca.observations(target)).astype(np.float64)
-    S *= float_range.factor(float(np.abs(S).max()) if S.size else 0.0)
-    T *= float_range.factor(float(np.abs(T).max()) if T.size else 0.0)
+    S, T = _host64(pca.observations(source)), _host64(pca.observations(target))
     U, _, Vt = np.linalg.svd(S.T @ T, full_matrices=False)
     return U @ Vt
 
@@ -229,12 +225,10 @@ def rotate(components: Any, rotation: np.ndarray) -> Any:
 def image_drift(reference: Any, candidate: Any) -> np.ndarray:
     """Per image: 1 - Pearson correlation of the (k, h, w) component maps, clipped to [0, 1]
     (1 when either map is constant: nothing in common can be shown)."""
-    a = to_host(reference).reshape(len(reference), -1).astype(np.float64)
-    b = to_host(candidate).reshape(len(candidate), -1).astype(np.float64)
+    a = _host64(reference).reshape(len(reference), -1)
+    b = _host64(candidate).reshape(len(candidate), -1)
     if a.shape != b.shape:
         raise InputError(f"component maps of shapes {a.shape} and {b.shape} cannot be compared; resample them to one grid")
-    a *= float_range.factor(float(np.abs(a).max()) if a.size else 0.0)
-    b *= float_range.factor(float(np.abs(b).max()) if b.size else 0.0)
     a -= a.mean(axis=1, keepdims=True)
     b -= b.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
@@ -248,8 +242,10 @@ def linear_cka(X: Any, Y: Any) -> float:
     ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) with column-centred Xc, Yc (Kornblith et al. 2019)."""
     if X.shape[0] != Y.shape[0]:
         raise InputError(f"CKA needs the same observations for both maps, got {X.shape[0]} and {Y.shape[0]} rows")
-    Xc = _centred_scaled(X)
-    Yc = _centred_scaled(Y)
+    Xc = _host64(X)
+    Xc -= Xc.mean(axis=0)
+    Yc = _host64(Y)
+    Yc -= Yc.mean(axis=0)
     if Xc.shape[0] <= max(Xc.shape[1], Yc.shape[1]):  # fewer rows than channels: Gram matrices
         Kx, Ky = Xc @ Xc.T, Yc @ Yc.T
         num, den = float((Kx * Ky).sum()), float(np.linalg.norm(Kx) * np.linalg.norm(Ky))
@@ -259,10 +255,12 @@ def linear_cka(X: Any, Y: Any) -> float:
     return num / den if den > 0 else float("nan")
 
 
-def _centred_scaled(X: Any) -> np.ndarray:
+def _host64(X: Any) -> np.ndarray:
+    """A host float64 copy, multiplied by a power of two when its magnitudes leave the safe
+    range (every use here is scale-free)."""
     X = to_host(X).astype(np.float64)
     X *= float_range.factor(float(np.abs(X).max()) if X.size else 0.0)
-    return X - X.mean(axis=0)
+    return X
 
 
 def shared_colours(

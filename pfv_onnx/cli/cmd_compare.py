@@ -61,19 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--channels", choices=("auto", "same", "procrustes"), default="auto",
         help="auto (default): projection onto the reference's basis when the channels correlate one to one, else Procrustes",
     )
-    g.add_argument("--fail-over", type=_drift_value, metavar="D", help=f"exit {EXIT_DRIFT} when the compared drift exceeds D (a gate for CI)")
+    g.add_argument("--fail-over", type=_args.unit_float, metavar="D", help=f"exit {EXIT_DRIFT} when the compared drift exceeds D (a gate for CI)")
     g.add_argument("--fail-quantile", type=_args.unit_float, metavar="Q", help="compare this quantile of the drifts (0..1) instead of the largest")
     g.add_argument("--mosaic-count", type=_args.positive_int, default=8, metavar="N", help="images in the mosaic of the most changed (default 8)")
-
-
-def _drift_value(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a drift in [0, 1], got {text}")
-    return value
 
 
 _CANDIDATE_FIELDS = ("layer", "weight_layers", "input_name", "preset", "mean", "std", "color_order", "pixel_range", "size", "resize")
