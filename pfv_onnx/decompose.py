@@ -13,9 +13,6 @@ from .errors import InputError
 from .feature_maps import FeatureMap
 from .pca import PrincipalBasis
 
-MAX_MAP_VALUE = 1e15  # larger magnitudes in a tapped map are refused (float32 overflow)
-
-
 @dataclass
 class ForwardPass:
     """Feature maps and original outputs of one chunk of images.
@@ -88,17 +85,6 @@ def concat(arrays: list[Any]) -> Any:
     return array_module(arrays[0]).concatenate(arrays, axis=0)
 
 
-def _check_range(name: str, arr: Any) -> None:
-    peak = max(-float(arr.min()), float(arr.max())) if arr.size else 0.0  # NaN when any value is NaN
-    if not np.isfinite(peak):
-        raise InputError(f"feature map {name!r} contains NaN or Inf values; check the preprocessing and the model")
-    if peak > MAX_MAP_VALUE:  # squares of such values overflow float32 in the PCA and weighting
-        raise InputError(
-            f"feature map {name!r} has values up to {peak:.3g}, beyond {MAX_MAP_VALUE:.0e}, too large to decompose "
-            "in float32; check the model's weights and the preprocessing"
-        )
-
-
 def decompose(
     passes: Sequence[ForwardPass],
     maps: Sequence[FeatureMap],
@@ -116,7 +102,7 @@ def decompose(
     projected onto it instead of decomposed; ``scaling`` (from a fitted basis) fixes the
     hierarchical peaks and the colour scaling.
     """
-    from . import pca, weighting
+    from . import degenerate, float_range, pca, weighting
     from .xp import to_host
 
     if not passes:
@@ -126,15 +112,19 @@ def decompose(
         raise InputError("all images of one decomposition must have the same input size")
     E = concat([p.activations for p in passes])
     weights = [concat([p.weights[i] for p in passes]) for i in range(len(passes[0].weights))]
+    peaks = []
     for fm, arr in [(maps[-1], E), *zip(maps[:-1], weights)]:
-        _check_range(fm.name, arr)
+        peaks.append(float_range.peak(arr))  # NaN when any value is NaN; any finite size is fine (scale-free)
+        if not np.isfinite(peaks[-1]):
+            raise InputError(f"feature map {fm.name!r} contains NaN or Inf values; check the preprocessing and the model")
     n, _, h, w = E.shape
     X = pca.observations(E)
     if basis is None:
-        basis, P = pca.fit(X, k)
+        basis, P = pca.fit(X, k, peak=peaks[0])
     else:
         P = pca.project(X, basis)
     comps = pca.components(P, n, h, w)
+    degenerate.check(maps, peaks, basis, comps, fitted=scaling is not None, hierarchical=hierarchical)
     if hierarchical:
         mapped = weighting.hierarchical(comps, weights, hw, peaks=scaling.peaks if scaling else None)
     else:

@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from .decompose import MAX_MAP_VALUE, FittedScaling, ForwardPass, PFVResult, concat
+from .decompose import FittedScaling, ForwardPass, PFVResult, concat
 from .errors import InputError, ModelError
 from .feature_maps import FeatureMap, Layout
 from .pca import PrincipalBasis
 
-__all__ = ["PFV", "PFVResult", "ForwardPass", "InspectReport", "inspect", "MAX_MAP_VALUE"]
+__all__ = ["PFV", "PFVResult", "ForwardPass", "InspectReport", "inspect"]
 
 
 @dataclass

@@ -17,6 +17,7 @@ import pytest
 import graphs
 import reference as ref
 from pfv_onnx import PFV, FeatureMap, Layout, PfvError, inspect
+from pfv_onnx.errors import InputError
 from pfv_onnx.feature_maps import Role
 from pfv_onnx.self_check import SelfCheck
 
@@ -330,17 +331,13 @@ def test_zero_variance_features_give_finite_output(save_model):
     assert_matches(res, reference_for(case, b, res), case)
 
 
-def test_constant_decomposed_map_gives_zeros(save_model):
-    """Every feature constant: defined, finite; the colour scaling of a constant array is zeros."""
+def test_constant_decomposed_map_is_refused(save_model):
+    """Every feature constant: the map would be blank, so it is an error that says why."""
     case = graphs.linear_probe(channels=6, size=(5, 7), name="linear_probe_6")
     pfv = PFV(save_model(case.model, case.name), provider="cpu")
     b = np.ones((3, 6, 5, 7), np.float32) * np.arange(6, dtype=np.float32)[None, :, None, None]
-    res = pfv.explain(b)
-    for arr in (res.rgb, res.components, res.eigenvalues, res.explained_variance_ratio):
-        assert np.isfinite(arr).all()
-    assert (res.rgb == 0).all()
-    np.testing.assert_allclose(res.components, 0.0, atol=1e-5)
-    np.testing.assert_allclose(res.eigenvalues, 0.0, atol=1e-8)
+    with pytest.raises(InputError, match="same at every position"):
+        pfv.explain(b)
 
 
 def test_dead_relu_channels_in_a_real_net(save_model):
