@@ -15,10 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..predictions import predictions
+from ..provenance import provenance
 from ..runplan.outdir import MOSAIC, NPZ, REPORT, REPORT_HTML
-from ..runplan.predictions import predictions
 from ..runplan.writer import NPZ_PRECISIONS
-from . import _args
+from . import _args, _preamble
 
 __all__ = ["MOSAIC", "NPZ", "REPORT", "REPORT_HTML", "add_arguments", "execute", "predictions", "run"]
 
@@ -164,6 +165,8 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         group_size=args.group_size, by_class=by_class, basis=fitted, labels=labels, alpha=args.alpha,
         overlay_format=getattr(args, "overlay_format", "auto"), html=not getattr(args, "no_html", False), max_pixels=args.max_pixels,
         npz_precision=npz_precision, overwrite=bool(getattr(args, "overwrite", False)), ray=ray_options, show_progress=not args.quiet,
+        on_start=lambda: _start(args, pfv, title, files, prep.size, report),
+        on_class_plan=lambda sizes: _preamble.class_groups(report, sizes),
     )  # fmt: skip
     summary = runplan.execute(job)
     done = summary.report
@@ -182,3 +185,13 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         for f in done["failures"]:
             print(f"  failed: {f['file']}: {f['reason']}", file=sys.stderr)
     return 1 if done["failures"] else 0
+
+
+def _start(args: argparse.Namespace, pfv: Any, title: str, files: list[Path], size: tuple[int, int], report: dict[str, Any]) -> None:
+    """Once the run is known not to be done already: the preamble and its warnings, the
+    analysis's own warnings, and the provenance of the inputs."""
+    warnings = _preamble.preamble(args, pfv, title, len(files))
+    found = [w for w in getattr(pfv.analysis(size), "warnings", []) if w not in warnings]
+    _preamble.say(found, warning=True)
+    report["warnings"] = [*warnings, *found]
+    report["provenance"] = provenance(files)

@@ -11,7 +11,6 @@ that lets an interrupted run resume, and one writer of the results.
 
 from .execute import RunJob, RunSummary, check_basis_size, execute
 from .outdir import MOSAIC, NPZ, REPORT, REPORT_HTML
-from .predictions import predictions
 from .writer import NPZ_PRECISIONS
 
-__all__ = ["MOSAIC", "NPZ", "NPZ_PRECISIONS", "REPORT", "REPORT_HTML", "RunJob", "RunSummary", "check_basis_size", "execute", "predictions"]
+__all__ = ["MOSAIC", "NPZ", "NPZ_PRECISIONS", "REPORT", "REPORT_HTML", "RunJob", "RunSummary", "check_basis_size", "execute"]

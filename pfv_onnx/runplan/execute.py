@@ -13,7 +13,7 @@ import concurrent.futures as cf
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ from ..errors import InputError
 from . import outdir as out_files
 from .loading import Loaded, forward, prefetch, quiet_opencv, ray_loader
 from .plan import ClassPlan, batches, class_groups
-from .predictions import predictions
+from ..predictions import predictions
 from .progress import Progress
 from .writer import RunWriter
 
@@ -57,6 +57,8 @@ class RunJob:
     ray: dict[str, Any] | None = None  # options of the Ray loader (see loading.ray_loader), None: decode here
     show_progress: bool = False
     names: list[str] = field(default_factory=list)
+    on_start: Callable[[], None] | None = None  # called once the run is known not to be done already, before any work
+    on_class_plan: Callable[[list[int]], None] | None = None  # called with the class groups' sizes once the plan is known
 
 
 @dataclass
@@ -89,6 +91,8 @@ def execute(job: RunJob, *, stop_after: int | None = None) -> RunSummary:
     if earlier is not None:  # the same run is already complete in outdir: nothing to redo
         progress.finish()  # saved groups of a run killed after its last write
         return RunSummary(earlier, already_done=True)
+    if job.on_start is not None:
+        job.on_start()
     clean_stale_temp_files(outdir, depth=2)  # and in the page's folders (report_files/thumbs, ...)
     restored = progress.restore()
     plan = progress.class_plan() if job.by_class else None
@@ -253,9 +257,11 @@ class _Run:
                 self._forward_rows(chunk, rows)
             plan = ClassPlan(self._plan_classes(sorted(items), rows), list(self.writer.failures[mark:]))
             self.progress.save_class_plan(plan)
+            self._planned(plan)
             if self.stop_after is not None and self.stop_after < 0:
                 return False
         else:
+            self._planned(plan)
             if self.stop_after is not None and self.stop_after < done:
                 return False
             todo = {i for g in plan.groups[done:] for i in g.files}
@@ -278,6 +284,10 @@ class _Run:
             if not self.group(g.index, [items.pop(i) for i in g.files], [fp], g.klass, len(self.writer.failures), (0, 0), last):
                 return False
         return True
+
+    def _planned(self, plan: ClassPlan) -> None:
+        if self.job.on_class_plan is not None:
+            self.job.on_class_plan([len(g.files) for g in plan.groups])
 
     def _forward_rows(self, chunk: list[Loaded], rows: dict[int, tuple[Any, int]]) -> None:
         """Run one batch forward; note where each file's row is."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import InputError, one_line
 from .outdir import MOSAIC, NPZ, REPORT, REPORT_HTML
-from .predictions import caption, predictions
+from ..predictions import predictions
 from .progress import SavedGroup
 
 if TYPE_CHECKING:
@@ -67,6 +67,17 @@ def render_one(outdir: Path, name: str, rgb: np.ndarray, image: DecodedImage | N
     return files, tiles
 
 
+def caption(pred: dict[str, Any] | None, name: str, group: int | None) -> str:
+    """A mosaic tile's caption: the predicted label (or class), prefixed by its group when there are several."""
+    if pred is None:
+        text = name
+    elif pred.get("label"):
+        text = str(pred["label"]).split(",")[0]
+    else:
+        text = f"class {pred['class']}"
+    return f"g{group}: {text}" if group is not None else text
+
+
 def map_record(m: Any) -> dict[str, Any]:
     """The report's record of one feature map used."""
     return {
@@ -101,6 +112,7 @@ class RunWriter:
         self.feature_maps: list[str] | None = None
         self.pred_output: str | None = None
         self.pred_classes: int | None = None
+        self.k = 3  # components per map, from the rows
 
     @property
     def rows(self) -> int:
@@ -183,6 +195,7 @@ class RunWriter:
         """Add one complete group (computed now or kept from an interrupted run) to the results."""
         for key, val in saved.arrays.items():
             self.spool.append(key, val)
+        self.k = int(saved.arrays["rgb"].shape[-1])
         self.failures.extend(saved.failures)
         if self.feature_maps is None:
             self.feature_maps, self.report["feature_maps"] = list(saved.feature_maps), list(saved.map_records)
@@ -229,7 +242,7 @@ class RunWriter:
         if self.tiles:
             several = len(report["groups"]) > 1
             captions = [caption(t[2], t[3], t[4] if several else None) for t in self.tiles]
-            pic = mosaic([t[0] for t in self.tiles], [t[1] for t in self.tiles], captions, tile=MOSAIC_TILE)
+            pic = mosaic([t[0] for t in self.tiles], [t[1] for t in self.tiles], captions, tile=MOSAIC_TILE, key=self.k)
             from ..outputs import atomic_write_bytes
 
             atomic_write_bytes(self.outdir / MOSAIC, encode_png(pic))
