@@ -140,7 +140,7 @@ def _array_entry(arr: np.ndarray) -> tuple[dict[str, Any], list[memoryview]]:
 
 def _write_npz_to(raw: BinaryIO, arrays: Mapping[str, Any], deflate: Iterable[str]) -> None:
     packed = set(deflate)
-    with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, compresslevel=1) as zf:  # level 1: near level 6 in size on 8-bit maps, at half the time
+    with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED) as zf:
         for key, value in arrays.items():
             header, blocks = value.entry() if isinstance(value, _Spooled) else _array_entry(np.asarray(value))
             _npz_entry(zf, key, header, blocks, key in packed)

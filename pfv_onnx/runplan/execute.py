@@ -81,6 +81,7 @@ def execute(job: RunJob, *, stop_after: int | None = None) -> RunSummary:
         timings.setdefault(key, 0.0)
     job.names = job.names or unique_names(job.files)
     outdir = job.outdir
+    out_files.check_writable(outdir)
     try:
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
