@@ -155,7 +155,7 @@ def compare(
         reference_rgb=ref_rgb,
         candidate_rgb=cand_rgb,
         reference_maps=list(ref_res.feature_maps),
-        candidate_maps=[fm.name for fm in candidate.feature_maps(cand_passes[0].input_hw)],
+        candidate_maps=candidate.feature_maps(cand_passes[0].input_hw),
         grid=grid,  # type: ignore[arg-type]
         candidate_grid=tuple(E_c.shape[2:]),  # type: ignore[arg-type]
     )
