@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fail_quantile is not None and args.fail_over is None:
         raise InputError("--fail-quantile needs --fail-over D")
+    if getattr(args, "group_size", None):
+        raise InputError("compare decomposes all the images at once; leave --group-size out (--batch-size sets the forward passes)")
     found = collect_images(args.inputs)
     failures = [{"file": f, "reason": r} for f, r in found.missing]
     if not found.files:
