@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -45,14 +44,6 @@ def _dims_of(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | 
         else:
             dims.append(None)
     return tuple(dims)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _graph_tensors(graph: onnx.GraphProto):
@@ -312,8 +303,7 @@ def _copy_fields(src: Any, dst: Any, skip: str) -> None:
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the model whose large initializers keep their name, type and dims but no data.
 
-    Enough for shape inference and graph analysis, at a fraction of the memory: a full copy of
-    ResNet-50 is 100 MB.
+    Enough for shape inference and graph analysis, at a fraction of the memory of a full copy.
     """
     graph = onnx.GraphProto()
     _copy_fields(model.graph, graph, skip="initializer")
