@@ -18,10 +18,10 @@ def test_one_network_two_exporters_same_resolutions_and_colours(save_model):
     tf_case, _ = tg.pad_tf()
     a = PFV(save_model(torch_case.model, "pad_torch"), provider="cpu")
     b = PFV(save_model(tf_case.model, "pad_tf"), provider="cpu")
-    hw_a = [m.hw for m in a.feature_maps()]
-    hw_b = [m.hw for m in b.feature_maps()]
+    hw_a = [m.hw for m in a.maps()]
+    hw_b = [m.hw for m in b.maps()]
     assert hw_a == hw_b == [(16, 16), (8, 8), (4, 4)]
-    assert [m.op for m in a.feature_maps()] == ["Relu"] * 3
+    assert [m.op for m in a.maps()] == ["Relu"] * 3
     batch = torch_case.batch(n=6, seed=5)
     # the two graphs compute the same maps: checked on the raw activations, without the engine
     _, ra = graphs.fetch(torch_case.model, torch_case.all_expected, batch)
