@@ -113,8 +113,8 @@ def compare(
     ref_passes = [reference.forward(reference_batch[i : i + step]) for i in range(0, n, step)]
     cand_passes = [candidate.forward(candidate_batch[i : i + step]) for i in range(0, n, step)]
     ref_res = reference.decompose(ref_passes, k=k)
-    E_r = _gather([p.decomposed for p in ref_passes])
-    E_c = _gather([p.decomposed for p in cand_passes])
+    E_r = _gather([p.activations for p in ref_passes])
+    E_c = _gather([p.activations for p in cand_passes])
     grid = tuple(E_r.shape[2:])
     E_c_grid = resample(E_c, grid)  # type: ignore[arg-type]
     evidence = channel_evidence(E_r, E_c_grid)
