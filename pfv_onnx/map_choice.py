@@ -311,7 +311,8 @@ def _auto_weighting(m: MapGraph, spatial: list[FeatureMap], decomposed: FeatureM
         by_res.setdefault(fm.hw, []).append(fm)
     chosen = []
     for res, fms in by_res.items():
-        post = [fm for fm in fms if fm.op in ACTIVATIONS]
+        post = [fm for fm in fms if fm.op in ACTIVATIONS or fm.grid_from]  # a regrouped map holds an activation
+
         pick = post[-1] if post else fms[-1]
         kind = f"activation ({pick.op})" if post else f"raw output of {pick.op} (no activation at this resolution)"
         chosen.append(
