@@ -113,26 +113,6 @@ def format_table(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _metadata_size(path: Any) -> tuple[int, int] | None:
-    """The ``input_size`` metadata entry ("HxW") for a model with a dynamic input size, as ``run`` uses it."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # unreadable: let inspect() give the error
-        return None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "input_size" not in meta:
-        return None
-    dims = model.graph.input[0].type.tensor_type.shape.dim if len(model.graph.input) == 1 else []
-    if len(dims) == 4 and all(d.HasField("dim_value") for d in dims):
-        return None  # static: the model's own size
-    try:
-        return _args.size_hw(meta["input_size"])
-    except argparse.ArgumentTypeError:
-        return None
-
-
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import inspect
     from ..runtime_check import check_onnxruntime_install
@@ -141,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     check_onnxruntime_install()
     rep = inspect(
         str(path),
-        size=args.size or _metadata_size(path),
+        size=args.size,
         layer=args.layer,
         weight_layers=_args.weight_layers(args.weight_layers),
         input_name=args.input_name,

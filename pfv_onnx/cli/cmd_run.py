@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..predictions import predictions
-from . import _args
+from ..provenance import provenance
+from . import _args, _preamble
 
 if TYPE_CHECKING:
     import numpy as np
@@ -365,6 +366,8 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
             print(f"all {len(earlier.get('images') or [])} images already done in {outdir}{os.sep} (--overwrite redoes them)", file=sys.stderr)
         return 1 if earlier.get("failures") else 0
 
+    report["warnings"] = _preamble.preamble(args, pfv, title, len(files))
+    report["provenance"] = provenance(files)
     from tqdm import tqdm
 
     bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=args.quiet, desc="pfv", dynamic_ncols=True)
@@ -449,6 +452,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                     pending = []
                 if by_class and ok:
                     queued = split_by_class(ok, passes, labels, getattr(pfv, "output_names", None))
+                    _preamble.class_groups(report, [len(q[0]) for q in queued])
                 group_class = None
                 if queued:
                     ok, passes, group_class = queued.pop(0)
