@@ -131,7 +131,7 @@ def test_layer_reaches_reshaped_and_nhwc_maps(name, layer, model_file):
     e = raw[layer]
     if facts is not None:
         e = patch_grid(e, facts)
-    elif pfv.feature_maps()[-1].layout.value == "NHWC":
+    elif res.maps[-1].layout.value == "NHWC":
         e = e.transpose(0, 3, 1, 2)
     want = ref.pfv(e, [], case.image_hw, align_to=res.components)
     assert np.abs(res.rgb - want.rgb).max() < 1e-4
