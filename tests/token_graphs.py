@@ -179,6 +179,23 @@ def hybrid() -> tuple[GraphCase, TokenFacts]:
     return _token_case(n, "hybrid", "logits", 5, 1, size=32, weighting=("stem1", "stem2",))
 
 
+def pvt() -> tuple[GraphCase, TokenFacts]:
+    """Two token stages (PVT-like): 8x8 tokens, back to a grid, a strided conv, 4x4 tokens, mean pool.
+    The finer stage's tokens weight the upsampling as a CNN's finer stage does."""
+    n = _Tok(seed=41)
+    t = n.patch_tokens("pixels", 3, 2, 64, "patch_embed_1")  # 16 -> 8x8
+    s1 = n.block(n.positions(t, 64), 64, DIM, "stage1_tokens")
+    grid = n.op("Reshape", [n.op("Transpose", [s1], perm=[0, 2, 1]), n.const(np.array([0, DIM, 8, 8], np.int64))])
+    w, b = n.conv_params(DIM, DIM, 2)
+    conv = n.op("Conv", [grid, n.const(w.astype(np.float32)), n.const(b.astype(np.float32))], "patch_embed",
+                kernel_shape=[2, 2], strides=[2, 2])  # 4x4
+    t = n.op("Transpose", [n.op("Reshape", [conv, n.const(np.array([0, DIM, 16], np.int64))])], perm=[0, 2, 1])
+    t = n.block(t, 16, DIM, "stage2_tokens")
+    body = n.ln(t, DIM, "encoder_norm")
+    n.gemm(n.op("ReduceMean", [body], axes=[1], keepdims=0), DIM, 5, out="logits")
+    return _token_case(n, "pvt", "logits", 5, 0, weighting=("stage1_tokens",))
+
+
 def _windows(n: _Tok, x: str, hw: int, win: int, dim: int) -> str:
     """Swin window attention on NHWC ``x`` (N, hw, hw, dim): partition, attend, reverse."""
     k = hw // win
@@ -318,5 +335,5 @@ def pad_tf() -> tuple[GraphCase, None]:
                      ["model/conv1/Relu:0", "model/conv2/Relu:0"], static_size=(32, 32), channels=3), None
 
 
-TOKEN_CASES = {"vit": vit, "vit_wide": vit_wide, "dinov2": dinov2, "mean_pooled": mean_pooled, "headless": headless, "hybrid": hybrid}
+TOKEN_CASES = {"vit": vit, "vit_wide": vit_wide, "dinov2": dinov2, "mean_pooled": mean_pooled, "headless": headless, "hybrid": hybrid, "pvt": pvt}
 GRID_CASES = {"swin": swin, "maxvit": maxvit, "pad_torch": pad_torch, "pad_tf": pad_tf}
