@@ -31,7 +31,7 @@ ELEMENTWISE = {
     "Log", "Abs", "Neg", "Max", "Min", "Sum", "Mean", "Where", "Cast", "Identity", "Dropout", "Floor", "Ceil",
     "Round", "Sign", "Reciprocal", "FastGelu", "QuickGelu", "BiasGelu", "Swish", "Softmax", "LogSoftmax",
     "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
-    "DequantizeLinear",
+    "QuantizeLinear", "DequantizeLinear",
 }
 REGROUP = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 
