@@ -17,3 +17,9 @@ class InputError(PfvError):
 
 class DependencyError(PfvError):
     """An optional package is missing or two incompatible builds are installed."""
+
+
+def one_line(text: str) -> str:
+    """``text`` as one line (a reason in a report or a failure list): runs of whitespace,
+    newlines included, become one space."""
+    return " ".join(str(text).split()) or "unknown error"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this are refused (a guard against decompression bombs)."""
@@ -65,17 +65,21 @@ class Collected:
 _GLOB_CHARS = frozenset("*?[")
 
 
-def _walk_folder(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Every image below ``folder`` (hidden entries left out), sorted by relative path."""
+def _key(path: str | os.PathLike[str]) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _walk_folder(folder: Path, exclude: frozenset[str] = frozenset()) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every image below ``folder`` (hidden entries and ``exclude`` keys left out), sorted by relative path."""
     found: list[Path] = []
     skipped: list[tuple[str, str]] = []
     for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and _key(Path(root) / d) not in exclude)
         for name in sorted(names):
             if name.startswith("."):
                 continue  # .DS_Store, AppleDouble "._x.jpg" files and the like
             path = Path(root) / name
-            if not path.is_file():
+            if not path.is_file() or (exclude and _key(path) in exclude):
                 continue
             if path.suffix.lower() in IMAGE_EXTENSIONS or _sniff_format(path) is not None:
                 found.append(path)
@@ -83,6 +87,23 @@ def _walk_folder(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
                 skipped.append((str(path), "not an image (unknown file type)"))
     order = sorted(range(len(found)), key=lambda i: found[i].relative_to(folder).parts)
     return [found[i] for i in order], skipped
+
+
+def _excluded_match(match: Path, pattern: str, excluded: frozenset[str]) -> bool:
+    """Whether a pattern's match is, or lies in, an excluded path below the pattern's fixed part."""
+    fixed: list[str] = []
+    for part in Path(pattern).parts:
+        if _GLOB_CHARS & set(part):
+            break
+        fixed.append(part)
+    floor = _key(Path(*fixed) if fixed else Path("."))
+    for p in (match, *match.parents):
+        k = _key(p)
+        if k == floor or floor.startswith(k.rstrip(os.sep) + os.sep):
+            return False
+        if k in excluded:
+            return True
+    return False
 
 
 def _sniff_format(path: Path) -> str | None:
@@ -94,7 +115,7 @@ def _sniff_format(path: Path) -> str | None:
     return _format_of(head)
 
 
-def collect_images(specs: Iterable[str | os.PathLike[str]]) -> Collected:
+def collect_images(specs: Iterable[str | os.PathLike[str]], *, exclude: Iterable[str | os.PathLike[str]] = ()) -> Collected:
     """Find image files from file names, folders (searched recursively) and glob patterns.
 
     A file named directly is always kept, whatever its extension (decoding decides).
@@ -102,12 +123,15 @@ def collect_images(specs: Iterable[str | os.PathLike[str]]) -> Collected:
     content are kept, other files are reported in ``skipped``, hidden files and folders
     (names starting with a dot) are ignored. Patterns use :mod:`glob` syntax with ``**``
     for any depth. Never raises for a missing path: it is reported in ``missing``.
+    ``exclude``: files and folders that searching folders and patterns leaves out (a run's
+    output folder and the files it wrote), unless an argument names them directly.
     """
     out = Collected()
     seen: set[str] = set()
+    excluded = frozenset(_key(p) for p in exclude)
 
     def add(path: Path) -> None:
-        key = os.path.normcase(os.path.realpath(path))
+        key = _key(path)
         if key not in seen:
             seen.add(key)
             out.files.append(path)
@@ -116,7 +140,7 @@ def collect_images(specs: Iterable[str | os.PathLike[str]]) -> Collected:
         text = os.fspath(spec)
         path = Path(text)
         if path.is_dir():
-            files, skipped = _walk_folder(path)
+            files, skipped = _walk_folder(path, excluded)
             if not files and not skipped:
                 out.missing.append((text, "folder holds no files"))
             for f in files:
@@ -132,8 +156,10 @@ def collect_images(specs: Iterable[str | os.PathLike[str]]) -> Collected:
                 out.missing.append((text, "no file matches this pattern"))
             for m in matches:
                 mp = Path(m)
+                if excluded and _excluded_match(mp, text, excluded):
+                    continue
                 if mp.is_dir():
-                    files, skipped = _walk_folder(mp)
+                    files, skipped = _walk_folder(mp, excluded)
                     for f in files:
                         add(f)
                     out.skipped.extend(skipped)
@@ -377,24 +403,62 @@ def _to_uint8(img: np.ndarray, notes: list[str]) -> np.ndarray:
     raise BadImageError(f"unsupported pixel type {img.dtype}")
 
 
-_DIHEDRAL = (
-    lambda a: a,
-    lambda a: a[:, ::-1],
-    lambda a: a[::-1, :],
-    lambda a: a[::-1, ::-1],
-    lambda a: a.swapaxes(0, 1),
-    lambda a: a.swapaxes(0, 1)[:, ::-1],
-    lambda a: a.swapaxes(0, 1)[::-1, :],
-    lambda a: a.swapaxes(0, 1)[::-1, ::-1],
-)
+_ORIENTATIONS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1, :],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],  # 90 degrees clockwise
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: a.swapaxes(0, 1)[::-1, :],  # 90 degrees counter-clockwise
+}
+"""EXIF orientation (TIFF tag 0x0112) -> how the stored pixels (rows, columns first) turn upright."""
 
 
-def _composite_alpha(raw: np.ndarray, upright: np.ndarray, notes: list[str]) -> np.ndarray:
-    """Blend an image with alpha over white, turned like ``upright`` (the EXIF-rotated decode).
+def exif_orientation(exif: bytes) -> int:
+    """The Orientation tag of an EXIF block (a TIFF header and IFD0, with or without the
+    ``Exif\\0\\0`` prefix of a JPEG APP1 segment); 1 (upright) when absent or unreadable."""
+    if exif.startswith(b"Exif\x00\x00"):
+        exif = exif[6:]
+    if exif[:4] not in (b"II*\x00", b"MM\x00*"):
+        return 1
+    end = "<" if exif[:2] == b"II" else ">"
+    try:
+        (ifd,) = struct.unpack(end + "I", exif[4:8])
+        (count,) = struct.unpack(end + "H", exif[ifd : ifd + 2])
+        for i in range(count):
+            at = ifd + 2 + 12 * i
+            tag, typ = struct.unpack(end + "HH", exif[at : at + 4])
+            if tag == 0x0112 and typ == 3:
+                (value,) = struct.unpack(end + "H", exif[at + 8 : at + 10])
+                return int(value) if value in _ORIENTATIONS else 1
+    except struct.error:
+        pass
+    return 1
+
+
+def _decode_with_orientation(buf: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """The pixels as stored (alpha kept, not turned) and the EXIF orientation the decoder read."""
+    import cv2
+
+    if not hasattr(cv2, "imdecodeWithMetadata"):  # OpenCV before 4.12: no metadata from the decoder
+        return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED), 1
+    raw, types, blobs = cv2.imdecodeWithMetadata(buf, cv2.IMREAD_UNCHANGED)
+    orientation = 1
+    for kind, blob in zip(list(types), list(blobs)):
+        if int(kind) == cv2.IMAGE_METADATA_EXIF:
+            orientation = exif_orientation(np.asarray(blob, dtype=np.uint8).tobytes())
+    return raw, orientation
+
+
+def _composite_alpha(raw: np.ndarray, orientation: int, upright: np.ndarray, notes: list[str]) -> np.ndarray:
+    """Blend an image with alpha over white, turned by its EXIF ``orientation`` like ``upright``.
 
     OpenCV applies the EXIF orientation only when it drops the alpha channel, so the
-    unrotated decode with alpha is matched to the rotated one among the eight flips and
-    quarter turns (decoding is deterministic, so exactly one matches).
+    stored pixels with alpha are turned here by the orientation the decoder read; the
+    turned colours must equal ``upright`` (the decoder's own turned image), else the alpha
+    is dropped with a note rather than put in the wrong place.
     """
     if raw.shape[2] == 2:  # gray + alpha
         color = np.repeat(_to_uint8(raw[:, :, :1], []), 3, axis=2)
@@ -409,12 +473,9 @@ def _composite_alpha(raw: np.ndarray, upright: np.ndarray, notes: list[str]) -> 
         alpha = np.clip(alpha_raw.astype(np.float32), 0.0, 1.0)
     if bool((alpha >= 1.0).all()):
         return upright
-    for turn in _DIHEDRAL:
-        if turn(color).shape == upright.shape and np.array_equal(turn(color), upright):
-            color = turn(color)
-            alpha = turn(alpha)
-            break
-    else:  # no exact match: keep the upright image, without its alpha
+    turn = _ORIENTATIONS[orientation]
+    color, alpha = turn(color), turn(alpha)
+    if color.shape != upright.shape or not np.array_equal(color, upright):
         notes.append("alpha channel dropped")
         return upright
     notes.append("alpha composited over white")
@@ -438,9 +499,9 @@ def decode_bytes(data: bytes, *, path: str | os.PathLike[str] = "<bytes>", max_p
     notes: list[str] = []
     try:
         upright = cv2.imdecode(buf, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if header.maybe_alpha and upright is not None else None
+        raw, orientation = _decode_with_orientation(buf) if header.maybe_alpha and upright is not None else (None, 1)
     except cv2.error as exc:
-        raise BadImageError(f"OpenCV could not decode the {header.fmt.upper()} file: {_first_line(str(exc))}") from None
+        raise BadImageError(f"OpenCV could not decode the {header.fmt.upper()} file: {one_line(str(exc))}") from None
     except MemoryError:
         raise BadImageError("out of memory while decoding") from None
     if upright is None or upright.size == 0:
@@ -450,7 +511,7 @@ def decode_bytes(data: bytes, *, path: str | os.PathLike[str] = "<bytes>", max_p
         upright = cv2.cvtColor(upright, cv2.COLOR_GRAY2BGR)
     upright = _to_uint8(upright, notes)
     if raw is not None and raw.ndim == 3 and raw.shape[2] in (2, 4):
-        upright = _composite_alpha(raw, upright, notes)
+        upright = _composite_alpha(raw, orientation, upright, notes)
     if _is_gray(upright):
         notes.append("grayscale")
     if header.fmt == "gif":
@@ -460,11 +521,6 @@ def decode_bytes(data: bytes, *, path: str | os.PathLike[str] = "<bytes>", max_p
 
 def _is_gray(bgr: np.ndarray) -> bool:
     return bool(np.array_equal(bgr[:, :, 0], bgr[:, :, 1]) and np.array_equal(bgr[:, :, 1], bgr[:, :, 2]))
-
-
-def _first_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else "unknown error"
 
 
 def decode_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:

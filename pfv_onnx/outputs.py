@@ -219,13 +219,28 @@ def _fits_v1(header: dict[str, Any]) -> bool:
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+NAME_BYTES = 200
+"""Most UTF-8 bytes of an output base name: file systems allow 255 bytes per name, and the
+longest ending added to it (``-N`` numbering, ``.overlay.png``) fits in the rest."""
+_PART_BYTES = 120  # of a stem or a parent folder's name
+_EXT_BYTES = 16
 
 
-def _safe(part: str) -> str:
+def _cut(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes on a character boundary (its end kept with ``keep_end``)."""
+    data = text.encode("utf-8")
+    if len(data) <= limit:
+        return text
+    if keep_end:
+        return data[len(data) - limit :].decode("utf-8", "ignore")
+    return data[:limit].decode("utf-8", "ignore")
+
+
+def _safe(part: str, limit: int = _PART_BYTES) -> str:
     part = unicodedata.normalize("NFC", part)
     part = _UNSAFE.sub("_", part).strip()
     part = part.lstrip(".") or "_"
-    return part[:120]
+    return _cut(part, limit).rstrip() or "_"
 
 
 def unique_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
@@ -234,17 +249,21 @@ def unique_names(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
     The name is the file's stem (``cat`` for ``photos/cat.jpg``). When several inputs
     share it, their parent folders are prefixed (``a__cat``, ``b__cat``) until they differ;
     then the extension is added (``cat_jpg``, ``cat_png``); a number as the last resort.
-    The names depend only on the list of paths and their order.
+    Each name is at most :data:`NAME_BYTES` UTF-8 bytes (parts are cut in bytes, not
+    characters). The names depend only on the list of paths and their order.
     """
     items = [Path(p) for p in paths]
     parents = [[_safe(x) for x in p.parent.parts if x not in ("", ".", "/", "\\") and not x.endswith((":", ":\\"))] for p in items]
     stems = [_safe(p.stem or p.name) for p in items]
-    exts = [_safe(p.suffix.lstrip(".")) if p.suffix else "" for p in items]
+    exts = [_safe(p.suffix.lstrip("."), _EXT_BYTES) if p.suffix else "" for p in items]
 
     def name_at(i: int, depth: int, with_ext: bool) -> str:
         parts = parents[i][len(parents[i]) - depth :] if depth else []
         base = stems[i] + (f"_{exts[i]}" if with_ext and exts[i] else "")
-        return "__".join([*parts, base])
+        if not parts:
+            return base
+        room = NAME_BYTES - len(base.encode("utf-8")) - 2  # the nearest folders are kept
+        return _cut("__".join(parts), room, keep_end=True) + "__" + base
 
     def clashes(names: list[str]) -> list[list[int]]:
         groups: dict[str, list[int]] = {}

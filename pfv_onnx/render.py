@@ -36,6 +36,59 @@ def map_to_bgr(rgb: np.ndarray) -> np.ndarray:
     return np.clip(out, 0.0, 1.0)
 
 
+def component_ends(k: int) -> list[tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, float, float]]]:
+    """For each drawn component of a k-component map: its (negative end, neutral, positive end) colours, R, G, B in [0, 1].
+
+    Neutral is the middle of every drawn channel, where the batch colour scaling puts a weak
+    or average projection (about: a component whose batch mean is off zero tints it). An end
+    is that channel at 0 or 1 with the others neutral: component 1's positive end is red, its
+    negative end teal. With k = 1 the map is gray: black to white. Components past the third
+    are not drawn and get no entry.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    if k == 1:
+        return [((0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))]
+    drawn = min(k, 3)
+    neutral = tuple(0.5 if c < drawn else 0.0 for c in range(3))
+    ends = []
+    for c in range(drawn):
+        lo, hi = list(neutral), list(neutral)
+        lo[c], hi[c] = 0.0, 1.0
+        ends.append((tuple(lo), neutral, tuple(hi)))
+    return ends  # type: ignore[return-value]
+
+
+DIVERGING_NEG = (33, 102, 172)  # R, G, B of a component view's most negative value (blue)
+DIVERGING_POS = (178, 24, 43)  # and of its most positive (red); zero is white
+
+
+def diverging(values: np.ndarray, scale: float) -> np.ndarray:
+    """One component's values (h, w) as a blue-white-red picture, (h, w, 3) uint8 BGR.
+
+    ``values / scale`` clipped to [-1, 1]: -1 is :data:`DIVERGING_NEG`, 0 white, +1
+    :data:`DIVERGING_POS`, linear in between. NaN is white.
+    """
+    t = np.clip(np.nan_to_num(np.asarray(values, np.float64) / (float(scale) if scale > 0 else 1.0)), -1.0, 1.0)[..., None]
+    white = np.full(3, 255.0)
+    pos = white + t.clip(0, None) * (np.asarray(DIVERGING_POS, np.float64) - white)
+    out = pos + (-t).clip(0, None) * (np.asarray(DIVERGING_NEG, np.float64) - white)
+    return np.rint(out[..., ::-1]).astype(np.uint8)
+
+
+def component_picture(values: np.ndarray, scale: float, size_hw: tuple[int, int], box: Box | None = None) -> np.ndarray:
+    """One component's grid (h, w) upsampled (bilinear, half-pixel centres) over ``box`` of
+    an image of ``size_hw`` and drawn with :func:`diverging`; outside ``box`` is light gray."""
+    import cv2
+
+    h, w = size_hw
+    x0, y0, x1, y1 = box if box is not None else (0, 0, w, h)
+    up = cv2.resize(np.asarray(values, np.float32), (max(1, x1 - x0), max(1, y1 - y0)), interpolation=cv2.INTER_LINEAR)
+    out = np.full((h, w, 3), 230, np.uint8)
+    out[y0:y1, x0:x1] = diverging(up, scale)[: y1 - y0, : x1 - x0]
+    return out
+
+
 def _to_u8(x: np.ndarray) -> np.ndarray:
     """[0, 1] float to uint8, rounded half to even and saturated (one OpenCV pass; x >= 0 here)."""
     import cv2
@@ -127,6 +180,7 @@ def mosaic(
     columns: int = 8,
     tile: int = 160,
     gap: int = 4,
+    key: int = 0,
 ) -> np.ndarray:
     """Images in a row with their maps below and a caption under each map, like the paper's figures.
 
@@ -135,6 +189,9 @@ def mosaic(
             ``tile`` x ``tile`` squares); the same count.
         captions: one line under each map (e.g. the predicted class); ``None`` for none.
         columns: tiles per row; larger sets wrap into further image/map row pairs.
+        key: the maps' component count k: a colour key under the tiles shows each drawn
+            component's two ends and the neutral middle (see :func:`component_ends`);
+            0 draws none.
 
     Returns:
         One (H, W, 3) uint8 BGR picture on a white background.
@@ -165,6 +222,41 @@ def mosaic(
             tx = x + (tile - tw) // 2
             ty = y + 2 * tile + gap + (cap_h + th) // 2
             cv2.putText(canvas, text, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+    if key:
+        canvas = np.concatenate([canvas, colour_key(key, width)], axis=0)
+    return canvas
+
+
+KEY_ROW = 22  # height of one row of the mosaic's colour key, in pixels
+
+
+def colour_key(k: int, width: int) -> np.ndarray:
+    """A colour key ``width`` pixels wide, (H, W, 3) uint8 BGR on white: one row per drawn
+    component, a bar from its negative end through neutral to its positive end, and a last
+    line saying what neutral and saturated mean."""
+    import cv2
+
+    ends = component_ends(k)
+    rows = len(ends) + 1
+    canvas = np.full((rows * KEY_ROW + 4, width, 3), 255, np.uint8)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    label_w = min(86, width // 3)
+    bar_x0 = label_w + 14
+    bar_x1 = max(bar_x0 + 8, min(width - 16, bar_x0 + 260))
+    for c, (lo, mid, hi) in enumerate(ends):
+        y = 2 + c * KEY_ROW
+        name = "brightness" if k == 1 else f"component {c + 1}"
+        text, scale = fit_text(name, label_w - 4, max_scale=0.4)
+        cv2.putText(canvas, text, (4, y + 15), font, scale, (0, 0, 0), 1, cv2.LINE_AA)
+        n = bar_x1 - bar_x0
+        t = np.linspace(-1.0, 1.0, n)[:, None]
+        lo_, mid_, hi_ = (np.asarray(v, np.float64) for v in (lo, mid, hi))
+        line = np.where(t < 0, mid_ + (-t) * (lo_ - mid_), mid_ + t * (hi_ - mid_))
+        canvas[y + 4 : y + KEY_ROW - 4, bar_x0:bar_x1] = np.rint(255 * line[:, ::-1]).astype(np.uint8)[None]
+        cv2.putText(canvas, "-", (bar_x0 - 10, y + 15), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        cv2.putText(canvas, "+", (bar_x1 + 3, y + 15), font, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    text, scale = fit_text("middle: weak or average; saturated: strong principal features", width - 8, max_scale=0.4)
+    cv2.putText(canvas, text, (4, 2 + len(ends) * KEY_ROW + 15), font, scale, (60, 60, 60), 1, cv2.LINE_AA)
     return canvas
 
 

@@ -30,7 +30,7 @@ import pytest
 
 import graphs
 from pfv_onnx.cli import main
-from pfv_onnx.html_report import PATCH_CELLS, PATCHES, patch_box, select_patches, spectrum_svg, write_report
+from pfv_onnx.report import PATCH_CELLS, PATCHES, patch_box, select_patches, spectrum_svg, write_report
 
 ODD_NAME = "odd #1 & <b> é.png"  # characters that need escaping in HTML and quoting in URLs
 
@@ -184,7 +184,9 @@ def test_every_referenced_picture_exists_and_decodes(run_dir):
 def test_page_is_offline_and_self_contained(run_dir):
     text = (run_dir / "report.html").read_text(encoding="utf-8")
     page = Page(text)
-    assert not page.find("script") and not page.find("link") and not page.find("iframe")
+    scripts = page.find("script")
+    assert len(scripts) == 1 and "src" not in scripts[0]  # one inline script, nothing loaded
+    assert not page.find("link") and not page.find("iframe")
     assert "http://" not in text and "https://" not in text
     assert "@import" not in text and "url(" not in text  # no stylesheet or font fetched from anywhere
     ids = {a["id"] for _, a, _ in page.elements if "id" in a}
@@ -606,7 +608,7 @@ def test_page_renders_in_chromium(browser, run_dir, tmp_path):
     png = base64.b64decode(shot["data"])
     (tmp_path / "page.png").write_bytes(png)
     pic = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    assert pic.shape[1] == width and pic.shape[0] > 1500
+    assert pic.shape[1] == width and pic.shape[0] > 900
     assert pic.std() > 20 and len(np.unique(pic.reshape(-1, 3), axis=0)) > 2000
     # where object-fit: contain drew the map thumbnail, the screenshot shows that thumbnail
     scale = min(rect["w"] / rect["nw"], rect["h"] / rect["nh"])
@@ -628,4 +630,140 @@ def test_page_renders_in_chromium(browser, run_dir, tmp_path):
         await Promise.all(imgs.map(i => i.decode().catch(() => null)));
         return imgs.map(i => i.naturalWidth); }})()""",
     )
-    assert len(loaded) == 3 and min(loaded) > 0
+    assert len(loaded) == 3 + 3 and min(loaded) > 0  # overlay, map, image and one view per component
+
+
+def _open(b: Chromium, page: Path, width: int, height: int = 900) -> str:
+    target = b.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+    s = b.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    b.call("Page.enable", session=s)
+    b.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": width < 600}, s)
+    b.call("Page.navigate", {"url": page.resolve().as_uri()}, s)
+    b.wait_for("Page.loadEventFired")
+    return s
+
+
+def _key(b: Chromium, s: str, key: str, code: int) -> None:
+    for kind in ("keyDown", "keyUp"):
+        b.call("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code, **({"text": "\r"} if key == "Enter" and kind == "keyDown" else {})}, s)
+
+
+def _set(b: Chromium, s: str, element: str, value: str, event: str) -> None:
+    """Set a form field as a user would and let the page's script see the event."""
+    b.evaluate(s, f"{{ const f = document.getElementById({json.dumps(element)}); f.value = {json.dumps(str(value))}; f.dispatchEvent(new Event({json.dumps(event)}, {{bubbles: true}})); }}")
+
+
+_OPEN_ALL_JS = "document.querySelectorAll('details').forEach(d => d.open = true); document.documentElement.scrollWidth"
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("width", [390, 1400])
+def test_page_fits_the_screen(browser, run_dir, width):
+    """No horizontal scrolling at a phone's and a desktop's width, every section open; on the
+    desktop the gallery starts on the first screen."""
+    s = _open(browser, run_dir / "report.html", width)
+    assert browser.evaluate(s, "document.documentElement.scrollWidth") <= width
+    if width >= 1000:
+        assert browser.evaluate(s, "document.querySelector('.gallery').getBoundingClientRect().top") < 900
+    assert browser.evaluate(s, _OPEN_ALL_JS) <= width
+    key = browser.evaluate(s, "document.querySelector('article.card').id.slice(5)")
+    browser.evaluate(s, f"location.hash = '#view-{key}'")
+    assert browser.evaluate(s, "document.documentElement.scrollWidth") <= width
+    # the enlarged view's panel fits too
+    assert browser.evaluate(s, f"document.getElementById('view-{key}').scrollWidth") <= width
+
+
+@pytest.mark.browser
+def test_keyboard_opens_steps_and_closes_the_lightbox(browser, run_dir):
+    b = browser
+    s = _open(b, run_dir / "report.html", 1400)
+    order = b.evaluate(s, "Array.from(document.querySelectorAll('article.card')).map(c => c.id.slice(5))")
+    assert len(order) == 5
+    shown = "(() => { const v = Array.from(document.querySelectorAll('.lightbox')).filter(l => getComputedStyle(l).display !== 'none'); return v.map(l => l.id); })()"
+    assert b.evaluate(s, shown) == []
+    b.evaluate(s, "document.querySelector('article.card a').focus()")
+    _key(b, s, "Enter", 13)
+    assert b.evaluate(s, shown) == [f"view-{order[0]}"]
+    _key(b, s, "ArrowRight", 39)
+    _key(b, s, "ArrowRight", 39)
+    assert b.evaluate(s, shown) == [f"view-{order[2]}"]
+    _key(b, s, "ArrowLeft", 37)
+    assert b.evaluate(s, shown) == [f"view-{order[1]}"]
+    _key(b, s, "Escape", 27)
+    assert b.evaluate(s, shown) == []
+    assert b.evaluate(s, "location.hash") == f"#card-{order[1]}"
+
+
+@pytest.mark.browser
+def test_filters_hide_cards_and_sorting_orders_them(browser, run_dir):
+    b = browser
+    report = _report(run_dir)
+    s = _open(b, run_dir / "report.html", 1400)
+    visible = "Array.from(document.querySelectorAll('article.card')).filter(c => c.offsetParent !== null).map(c => c.dataset.file)"
+    assert sorted(b.evaluate(s, visible)) == sorted(im["file"] for im in report["images"])
+    cls = report["images"][0]["prediction"]["class"]
+    _set(b, s, "f-class", f"{cls}", "change")
+    assert sorted(b.evaluate(s, visible)) == sorted(im["file"] for im in report["images"] if im["prediction"]["class"] == cls)
+    _set(b, s, "f-class", "", "change")
+    limit = sorted(im["prediction"]["score"] for im in report["images"])[2]  # the three least confident
+    _set(b, s, "f-score", f"{100 * limit}", "input")
+    assert sorted(b.evaluate(s, visible)) == sorted(im["file"] for im in report["images"] if im["prediction"]["score"] <= limit)
+    _set(b, s, "f-score", "100", "input")
+    _set(b, s, "sort", "score-asc", "change")
+    expected = [im["file"] for im in sorted(report["images"], key=lambda im: im["prediction"]["score"])]
+    assert b.evaluate(s, visible) == expected
+
+
+def test_component_views_are_red_where_positive_and_blue_where_negative(run_dir):
+    """Each enlarged view shows every component alone: at the centre of the cell where pfv.npz's
+    component is largest the picture is red, where it is most negative blue."""
+    report = _report(run_dir)
+    page = _page(run_dir)
+    with np.load(run_dir / "pfv.npz") as z:
+        comps = z["components"].astype(np.float64)
+    n, k, gh, gw = comps.shape
+    checked = 0
+    for im in report["images"]:
+        row = im["row"]
+        views = [a for a in page.inside("figure", "views") if "data-component" in a]
+        srcs = [a["src"] for a in page.find("img") if f"/g{im['group']}-{row}-c" in a["src"]]
+        assert len(srcs) == k and views
+        for c, src in enumerate(srcs):
+            pic = cv2.imread(str(_local(run_dir, src)))  # BGR
+            h, w = pic.shape[:2]
+            x0, y0, x1, y1 = im["crop_box"]
+            sy, sx = h / im["size"][0], w / im["size"][1]
+            for pick, want in ((np.argmax, "red"), (np.argmin, "blue")):
+                y, x = divmod(int(pick(comps[row, c])), gw)
+                if abs(comps[row, c, y, x]) < 0.5 * np.abs(comps[:, c]).max():
+                    continue  # too faint to tell apart from white
+                py = int((y0 + (y + 0.5) * (y1 - y0) / gh) * sy)
+                px = int((x0 + (x + 0.5) * (x1 - x0) / gw) * sx)
+                b, g, r = (int(v) for v in pic[min(py, h - 1), min(px, w - 1)])
+                assert (r > b + 40) if want == "red" else (b > r + 40), (src, want, (r, g, b))
+                checked += 1
+    assert checked >= n
+
+
+def test_page_needs_only_the_components_of_pfv_npz(run_dir, tmp_path):
+    """A pfv.npz without ``rgb`` (or with it as uint8) still gives the legend, the component views
+    and the flags; the mean map colours then come from the map thumbnails."""
+    for variant in ("no-rgb", "uint8"):
+        out = tmp_path / variant
+        shutil.copytree(run_dir, out)
+        with np.load(out / "pfv.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        if variant == "no-rgb":
+            del arrays["rgb"]
+        else:
+            arrays["rgb"] = np.rint(arrays["rgb"] * 255).astype(np.uint8)
+        np.savez(out / "pfv.npz", **arrays)
+        write_report(out)
+        page = _page(out)
+        assert len(page.find("a", "patch")) == len(_page(run_dir).find("a", "patch"))
+        assert len([a for a in page.find("img") if "/components/" in a["src"]]) == 3 * len(_report(out)["images"])
+        assert not page.find("section", id="page-notes"), page.text
+        cards = page.find("article", "card")
+        assert all(c["data-flags"] in ("", "low", "atypical", "low atypical") for c in cards)
+        scores = {im["file"]: im["prediction"]["score"] for im in _report(out)["images"]}
+        assert all(("low" in c["data-flags"]) == (scores[c["data-file"]] < 0.5) for c in cards)

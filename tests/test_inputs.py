@@ -17,6 +17,7 @@ from pfv_onnx.inputs import (
     crop_box,
     decode_bytes,
     decode_image,
+    exif_orientation,
     make_preprocessing,
     preprocess,
     stack_batch,
@@ -157,6 +158,35 @@ def test_decode_exif_rotated_png_with_alpha_is_turned_and_composited():
     expected = np.where(rgba[..., 3:] == 0, 255, rgba[..., :3])
     np.testing.assert_array_equal(img.bgr, np.rot90(expected, k=-1))
     assert "alpha composited over white" in img.notes
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_alpha_of_a_solid_icon_follows_the_exif_orientation(orientation):
+    """A one-colour icon whose shape lives only in alpha: its colours match every turn, so
+    only the orientation the decoder read can place the alpha (a regression: it was guessed
+    by matching colours, and the first match, no turn, was taken)."""
+    rgba = np.zeros((20, 30, 4), np.uint8)
+    rgba[..., :3] = (40, 90, 200)
+    rgba[:6, :11, 3] = 255  # opaque only in the top-left corner
+    rgba[6:9, :4, 3] = 128
+    ok, buf = cv2.imencodeWithMetadata(".png", rgba, [cv2.IMAGE_METADATA_EXIF], [np.frombuffer(_exif_orientation(orientation), np.uint8)])
+    assert ok
+    img = decode_bytes(buf.tobytes())
+    a = rgba[..., 3:].astype(np.float64) / 255.0
+    stored = np.rint(rgba[..., :3] * a + 255.0 * (1.0 - a)).astype(np.uint8)
+    turns = {1: stored, 2: stored[:, ::-1], 3: stored[::-1, ::-1], 4: stored[::-1], 5: stored.transpose(1, 0, 2),
+             6: np.rot90(stored, k=-1), 7: np.rot90(stored, k=-1)[::-1], 8: np.rot90(stored, k=1)}  # fmt: skip
+    np.testing.assert_array_equal(img.bgr, turns[orientation])
+    assert "alpha composited over white" in img.notes
+
+
+def test_exif_orientation_is_read_from_either_byte_order_and_prefix():
+    big = b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 8, 0) + struct.pack(">I", 0)
+    assert exif_orientation(big) == 8
+    assert exif_orientation(b"Exif\x00\x00" + _exif_orientation(5)) == 5
+    assert exif_orientation(_exif_orientation(3)) == 3
+    assert exif_orientation(b"II*\x00" + struct.pack("<I", 400)) == 1  # IFD beyond the block
+    assert exif_orientation(b"") == 1
 
 
 def test_decode_animated_gif_takes_first_frame():

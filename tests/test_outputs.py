@@ -96,6 +96,20 @@ def test_unique_names_always_unique():
     assert names == unique_names(paths)
 
 
+def test_long_names_are_cut_in_bytes_and_can_be_created(tmp_path):
+    """83 CJK characters are 249 UTF-8 bytes: a name cut at 120 characters plus
+    ".overlay.jpg" went over the 255 bytes a file system allows (a regression)."""
+    stem, dog, bird = "\u732b" * 83, "\u72ac" * 90, "\u9ce5" * 90
+    paths = [f"{stem}.jpg", f"{dog}/{stem}.png", f"{bird}/{stem}.png", "x/" + "e" * 300 + ".jpeg"]
+    names = unique_names(paths)
+    assert len({n.casefold() for n in names}) == len(names)
+    for name in names:
+        assert len(name.encode("utf-8")) <= 200
+        for ending in (".overlay.jpg", ".overlay.png", ".pfv.png"):
+            (tmp_path / f"{name}{ending}").write_bytes(b"x")  # raises ENAMETOOLONG if too long
+    assert names[0] == "\u732b" * 40  # cut on a character boundary: 120 bytes
+
+
 def _fake_dist(root, name, version, top_level):
     info = root / f"{name.replace('-', '_')}-{version}.dist-info"
     info.mkdir()

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..config import ResolvedConfig
     from ..inputs import Preprocessing
     from ..pipeline import PFV
 
-PRESET_NAMES = ("imagenet", "inception", "caffe", "raw")
-DEFAULT_SIZE = 224
+PRESET_NAMES = ("imagenet", "inception", "caffe", "raw")  # pfv_onnx.inputs.PRESETS, without importing NumPy for --help
+DEFAULT_SIZE = 224  # pfv_onnx.config.DEFAULT_SIZE
 
 
 # --------------------------------------------------------------------------- value parsers
@@ -54,16 +55,12 @@ def unit_float(text: str) -> float:
 
 def size_hw(text: str) -> tuple[int, int]:
     """``224`` -> (224, 224); ``240x320``, ``240,320`` -> (240, 320) as (H, W)."""
-    parts = [p for p in text.lower().replace(",", "x").split("x")]
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected N or HxW with positive numbers, got {text!r}")
-    return (values[0], values[1])
+    from ..config import parse_size
+
+    size = parse_size(text)
+    if size is None:
+        raise argparse.ArgumentTypeError(f"expected N or HxW with positive whole numbers, got {text!r}")
+    return size
 
 
 def float_list(text: str) -> list[float]:
@@ -195,7 +192,6 @@ def add_preprocessing_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--resize",
         choices=("stretch", "crop"),
-        default="stretch",
         help="stretch: the whole image, aspect changed (default); crop: shorter side fitted, centre cropped",
     )
 
@@ -229,7 +225,13 @@ def add_output_options(parser: argparse.ArgumentParser, *, default_outdir: str |
         help="class names, one per line (default: the labels in the model's metadata, if any)",
     )
     g.add_argument("--alpha", type=unit_float, metavar="A", default=0.5, help="opacity of the map in overlays (default 0.5)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    add_quiet(g)
+
+
+def add_quiet(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from ._help import QUIET_HELP
+
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
 
 # --------------------------------------------------------------------------- builders
@@ -288,98 +290,53 @@ def build_pfv(args: argparse.Namespace, model: str | os.PathLike[str] | None = N
     return PFV(str(path), **kwargs)
 
 
+OPTION_NAMES = {
+    name: f"option --{name.replace('_', '-')}"
+    for name in ("size", "preset", "mean", "std", "pixel_range", "resize", "labels", "provider")
+}
+OPTION_NAMES["color_order"] = "option --rgb/--bgr"
+
+
+def resolve(args: argparse.Namespace, pfv: PFV) -> ResolvedConfig:
+    """The one resolved record (see :func:`pfv_onnx.config.resolve_config`) for the options in ``args``."""
+    from ..config import resolve_config
+
+    provider = getattr(args, "provider", None)
+    return resolve_config(
+        pfv,
+        size=getattr(args, "size", None),
+        preset=getattr(args, "preset", None),
+        mean=getattr(args, "mean", None),
+        std=getattr(args, "std", None),
+        color_order=getattr(args, "color_order", None),
+        pixel_range=getattr(args, "pixel_range", None),
+        resize=getattr(args, "resize", None),
+        labels=getattr(args, "labels", None),
+        provider=None if provider == "auto" else provider,
+        named=OPTION_NAMES,
+    )
+
+
 def model_size(pfv: PFV, requested: tuple[int, int] | None) -> tuple[int, int]:
-    """``--size``, else the model's static (H, W); a dynamic side comes from the metadata key
-    ``input_size`` (``"HxW"``) when present, else 224."""
-    size = getattr(pfv, "input_size", None) or (None, None)
-    h, w = (list(size) + [None, None])[:2]
-    if requested is not None:
-        for got, want, what in ((requested[0], h, "height"), (requested[1], w, "width")):
-            if want and got != want:
-                fixed = f"{h or 'any'}x{w or 'any'}"
-                raise _usage(
-                    f"--size {requested[0]}x{requested[1]} does not fit: the model takes a fixed {what} of "
-                    f"{want} (input size {fixed}); leave --size out"
-                )
-        return requested
-    if not (h and w):  # a dynamic side: the size the model's metadata suggests, else 224
-        meta = dict(getattr(pfv, "metadata", None) or {})
-        try:
-            mh, mw = size_hw(str(meta.get("input_size", "")))
-        except argparse.ArgumentTypeError:
-            mh = mw = DEFAULT_SIZE
-        h, w = h or mh, w or mw
-    return (int(h), int(w))
+    """``--size``, checked against the model's static input, else the model's default size."""
+    from ..config import resolve_config
+
+    return resolve_config(pfv, size=requested, named=OPTION_NAMES).size
 
 
 def build_preprocessing(args: argparse.Namespace, pfv: PFV) -> tuple[Preprocessing, list[str]]:
-    """Preprocessing from the options, falling back on the model's metadata, then imagenet/RGB.
+    """Preprocessing from the options, falling back on the model's metadata, then the defaults.
 
     Returns the recipe and notes on where each choice came from.
     """
-    from ..errors import InputError
-    from ..inputs import PRESETS, make_preprocessing
-
-    meta = dict(getattr(pfv, "metadata", None) or {})
-    notes: list[str] = []
-    preset = args.preset
-    if preset is None:
-        meta_preset = str(meta.get("preprocessing", "")).strip().lower()
-        if meta_preset in PRESETS:
-            preset = meta_preset
-            notes.append(f"preset {preset} from the model's metadata")
-        else:
-            if meta_preset:
-                notes.append(f"unknown preprocessing {meta_preset!r} in the model's metadata ignored")
-            preset = "imagenet"
-            notes.append("preset imagenet (default)")
-    color_order = args.color_order
-    if color_order is None:
-        meta_order = str(meta.get("color_order", "")).strip().upper()
-        if meta_order in ("RGB", "BGR") and args.preset is None:
-            color_order = meta_order
-            notes.append(f"colour order {meta_order} from the model's metadata")
-    channels = getattr(pfv, "input_channels", None) or 3
-    if channels not in (1, 3):
-        raise InputError(f"the model's image input has {channels} channels; pfv-onnx feeds 1 (gray) or 3 (colour)")
-    layout = getattr(pfv, "input_layout", None) or "NCHW"
-    prep = make_preprocessing(
-        preset,
-        mean=args.mean,
-        std=args.std,
-        color_order=color_order,
-        pixel_range=args.pixel_range,
-        size=model_size(pfv, args.size),
-        resize=args.resize,
-        layout=str(getattr(layout, "value", layout)),
-        channels=channels,
-    )
-    return prep, notes
+    config = resolve(args, pfv)
+    return config.preprocessing, [*config.notes, *config.describe()[:-2]]
 
 
 def read_labels(path: str | None, pfv: PFV | None = None) -> tuple[list[str] | None, str | None]:
-    """Class names from ``--labels FILE``, else from the model's metadata: ``(labels, source)``."""
-    from ..errors import InputError
+    """Class names from ``--labels FILE``, else from the model's metadata: ``(labels, source)``
+    (the source is the file's path or ``"model metadata"``)."""
+    from ..config import load_labels
 
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8-sig")
-        except OSError as exc:
-            raise InputError(f"cannot read the labels file {path}: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise InputError(f"the labels file {path} is not UTF-8 text") from None
-        lines = [ln.strip() for ln in text.splitlines()]
-        while lines and not lines[-1]:
-            lines.pop()
-        if not lines:
-            raise InputError(f"the labels file {path} is empty")
-        return lines, path
-    meta = dict(getattr(pfv, "metadata", None) or {})
-    text = meta.get("labels")
-    if text:
-        lines = [ln.strip() for ln in str(text).splitlines()]
-        while lines and not lines[-1]:
-            lines.pop()
-        if lines:
-            return lines, "model metadata"
-    return None, None
+    names, source = load_labels(path, dict(getattr(pfv, "metadata", None) or {}))
+    return names, (path if path is not None else source) if names else None

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _args
+from ..predictions import predictions
+from ..provenance import provenance
+from . import _args, _preamble
 
 if TYPE_CHECKING:
     import numpy as np
@@ -137,61 +139,6 @@ def _prefetch(pool: Any, files: Sequence[Path], prep: Preprocessing, max_pixels:
             pending.append(pool.submit(_load, nxt, files[nxt], prep, max_pixels))
             nxt += 1
         yield pending.popleft().result()
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    import numpy as np
-
-    z = x - x.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def predictions(outputs: dict[str, np.ndarray], n: int, labels: Sequence[str] | None, order: Sequence[str] | None = None) -> tuple[list[dict[str, Any] | None], str | None]:
-    """Top classes per image from the first output shaped (n, classes).
-
-    Scores are the output itself when its rows already are probabilities (non-negative,
-    summing to 1), else its softmax. Returns the per-image records (None when no output
-    looks like class scores) and the output's name.
-    """
-    import numpy as np
-
-    names = list(order) if order else list(outputs)
-    for name in names:
-        arr = outputs.get(name)
-        if arr is None:
-            continue
-        a = np.asarray(arr)
-        if a.ndim < 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.floating):
-            continue
-        a = a.reshape(n, -1) if all(s == 1 for s in a.shape[2:]) else None
-        if a is None or a.shape[1] < 2:
-            continue
-        a = a.astype(np.float64)
-        if not np.isfinite(a).all():
-            return [None] * n, name
-        sums = a.sum(axis=1)
-        probs = a if (a.min() >= 0 and np.allclose(sums, 1.0, atol=1e-3)) else _softmax(a)
-        records: list[dict[str, Any] | None] = []
-        for row in probs:
-            top = np.argsort(-row, kind="stable")[:5]
-            entries = [
-                {"class": int(c), "label": _label(labels, int(c), probs.shape[1]), "score": round(float(row[c]), 6)}
-                for c in top
-            ]
-            records.append({**entries[0], "top5": entries})
-        return records, name
-    return [None] * n, None
-
-
-def _label(labels: Sequence[str] | None, c: int, classes: int) -> str | None:
-    if not labels:
-        return None
-    if len(labels) == classes:
-        return labels[c]
-    if len(labels) == classes - 1:  # a leading "background" class (TF-slim style, 1001 outputs)
-        return "background" if c == 0 else labels[c - 1]
-    return None
 
 
 def _caption(pred: dict[str, Any] | None, name: str, group: int | None) -> str:
@@ -419,6 +366,8 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
             print(f"all {len(earlier.get('images') or [])} images already done in {outdir}{os.sep} (--overwrite redoes them)", file=sys.stderr)
         return 1 if earlier.get("failures") else 0
 
+    report["warnings"] = _preamble.preamble(args, pfv, title, len(files))
+    report["provenance"] = provenance(files)
     from tqdm import tqdm
 
     bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=args.quiet, desc="pfv", dynamic_ncols=True)
@@ -503,6 +452,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                     pending = []
                 if by_class and ok:
                     queued = split_by_class(ok, passes, labels, getattr(pfv, "output_names", None))
+                    _preamble.class_groups(report, [len(q[0]) for q in queued])
                 group_class = None
                 if queued:
                     ok, passes, group_class = queued.pop(0)
@@ -511,12 +461,16 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                 g += 1
 
                 t0 = time.perf_counter()
+                input_hw = passes[0].input_hw
                 res = pfv.decompose(passes, basis=fitted)
                 timings["decompose_s"] += time.perf_counter() - t0
                 del passes
                 if feature_maps is None:
                     feature_maps = list(res.feature_maps)
                     report["feature_maps"] = [_map_record(m) for m in (res.maps or [])] or [{"name": n} for n in feature_maps]
+                    report["warnings"] = list(getattr(pfv.analysis(input_hw), "warnings", []))
+                    for w in report["warnings"] if not args.quiet else []:
+                        bar.write(f"pfv-onnx run: warning: {w}", file=sys.stderr)
                 preds, pred_output = predictions(res.outputs, len(ok), labels, getattr(pfv, "output_names", None))
 
                 t0 = time.perf_counter()
@@ -622,7 +576,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
     if tiles:
         several = len(report["groups"]) > 1
         captions = [_caption(t[2], t[3], t[4] if several else None) for t in tiles]
-        pic = mosaic([t[0] for t in tiles], [t[1] for t in tiles], captions, tile=MOSAIC_TILE)
+        pic = mosaic([t[0] for t in tiles], [t[1] for t in tiles], captions, tile=MOSAIC_TILE, key=report["pfv"]["k"])
         atomic_write_bytes(outdir / MOSAIC, encode_png(pic))
         report["outputs"]["mosaic"] = MOSAIC
         report["outputs"]["mosaic_images"] = len(tiles)

@@ -1,0 +1,79 @@
+"""Class predictions from a model's outputs: probabilities, top classes and their names."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+TOP = 5
+
+
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (n, classes) scores, in float64."""
+    z = np.asarray(x, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def label_for(labels: Sequence[str] | None, c: int, classes: int) -> str | None:
+    """The name of class ``c`` of ``classes``: one label per class, or one fewer when the model
+    has a leading background class (TF-slim style, 1001 outputs); None when the counts differ."""
+    if not labels:
+        return None
+    if len(labels) == classes:
+        return labels[c]
+    if len(labels) == classes - 1:
+        return "background" if c == 0 else labels[c - 1]
+    return None
+
+
+def labels_fit(labels: Sequence[str] | None, classes: int | None) -> bool:
+    """Whether ``labels`` name ``classes`` classes (see :func:`label_for`); True when either is unknown."""
+    return not labels or classes is None or len(labels) in (classes, classes - 1)
+
+
+def class_scores(outputs: Mapping[str, Any], n: int, order: Sequence[str] | None = None) -> tuple[np.ndarray | None, str | None]:
+    """The first output shaped (n, classes) (trailing 1s allowed) as float64 probabilities.
+
+    Rows that already are probabilities (non-negative, summing to 1) are kept, others go
+    through a softmax. Returns ``(probabilities, output name)``; ``(None, name)`` when that
+    output holds NaN or Inf, ``(None, None)`` when no output looks like class scores.
+    """
+    for name in list(order) if order else list(outputs):
+        arr = outputs.get(name)
+        if arr is None:
+            continue
+        a = np.asarray(arr)
+        if a.ndim < 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.floating):
+            continue
+        if not all(s == 1 for s in a.shape[2:]) or a.shape[1] < 2:
+            continue
+        a = a.reshape(n, -1).astype(np.float64)
+        if not np.isfinite(a).all():
+            return None, name
+        probs = a if (a.min() >= 0 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3)) else softmax(a)
+        return probs, name
+    return None, None
+
+
+def predictions(
+    outputs: Mapping[str, Any], n: int, labels: Sequence[str] | None, order: Sequence[str] | None = None, top: int = TOP
+) -> tuple[list[dict[str, Any] | None], str | None]:
+    """Top classes per image from the first output shaped (n, classes) (see :func:`class_scores`).
+
+    Returns one record per image, ``{"class", "label", "score", "top5"}`` (``top5`` holds the
+    ``top`` best as ``{"class", "label", "score"}``; ``label`` is None without fitting labels),
+    or None for each image when no output looks like class scores; and the output's name.
+    """
+    probs, name = class_scores(outputs, n, order)
+    if probs is None:
+        return [None] * n, name
+    records: list[dict[str, Any] | None] = []
+    for row in probs:
+        best = np.argsort(-row, kind="stable")[:top]
+        entries = [{"class": int(c), "label": label_for(labels, int(c), probs.shape[1]), "score": round(float(row[c]), 6)} for c in best]
+        records.append({**entries[0], "top5": entries})
+    return records, name

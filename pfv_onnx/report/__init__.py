@@ -1,0 +1,40 @@
+"""The run's page, ``OUTDIR/report.html``: one self-contained file a reviewer opens in a browser.
+
+The page is built from what ``pfv-onnx run`` and ``pfv-onnx sanity`` left in OUTDIR
+(report.json, the map and overlay PNGs, pfv.npz, sanity.json). Pictures are referenced by
+paths relative to OUTDIR, so the folder can be zipped and moved; the page loads nothing from
+anywhere else and opens from ``file://``. Its stylesheet and small script are inlined; without
+script it still shows everything. Pictures made for the page go to ``OUTDIR/report_files/``.
+
+Modules: ``legend`` (where each component is strongest), ``assets`` (reading OUTDIR, writing
+the page's pictures), ``sections`` and ``page`` (the HTML, from ``templates/``), ``fmt``
+(escaping and numbers). The audit flags come from :mod:`pfv_onnx.audit`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import InputError
+from .assets import clean, read_json, write_thumbnails
+from .fmt import spectrum_svg
+from .legend import PATCH_CELLS, PATCHES, Patch, patch_box, select_patches
+
+REPORT_HTML = "report.html"
+
+__all__ = ["REPORT_HTML", "write_report", "write_thumbnails", "spectrum_svg", "select_patches", "patch_box", "Patch", "PATCHES", "PATCH_CELLS"]
+
+
+def write_report(outdir: str | os.PathLike[str]) -> Path:
+    """Write ``OUTDIR/report.html`` from report.json and/or sanity.json in ``outdir``; returns its path."""
+    from ..outputs import atomic_write_text
+    from .page import Page
+
+    folder = Path(outdir)
+    report = read_json(folder / "report.json")
+    sanity = read_json(folder / "sanity.json")
+    if report is None and sanity is None:
+        raise InputError(f"{folder} holds neither report.json nor sanity.json; run `pfv-onnx run` or `pfv-onnx sanity` first")
+    clean(folder)
+    return atomic_write_text(folder / REPORT_HTML, Page(folder, report, sanity).build())
