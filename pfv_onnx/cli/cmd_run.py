@@ -452,7 +452,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                     pending = []
                 if by_class and ok:
                     queued = split_by_class(ok, passes, labels, getattr(pfv, "output_names", None))
-                    _preamble.class_groups(report, [len(q[0]) for q in queued])
+                    _preamble.class_groups(report, [len(q[0]) for q in queued], args.quiet)
                 group_class = None
                 if queued:
                     ok, passes, group_class = queued.pop(0)
