@@ -23,7 +23,7 @@ def sha256_of(path: str | os.PathLike[str]) -> str | None:
     """The file's SHA-256 in hex, or None when it cannot be read."""
     from pathlib import Path
 
-    from .model_io import file_sha256
+    from .model_file import file_sha256
 
     try:
         return file_sha256(Path(path))

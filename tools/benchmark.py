@@ -358,7 +358,7 @@ def measure_batches(model: Model, batches: list[int], size: int, repeats: int, p
     note = model.note
     if with_torch and model.torch_model is not None:
         try:
-            torch_pfv = TorchHooksPFV(model.torch_model, model.onnx_path, [fm.name for fm in pfv.feature_maps((size, size))])
+            torch_pfv = TorchHooksPFV(model.torch_model, model.onnx_path, pfv.feature_maps((size, size)))
         except LookupError as exc:
             note = f"(c) skipped: {exc}"
     rows = []
@@ -523,20 +523,33 @@ def cli_command() -> list[str] | None:
     return [found] if found else None
 
 
-def write_image_folder(folder: Path, n: int, seed: int = 2) -> None:
-    """n JPEG files of 640 x 480 pixels: varied crops of the bundled photographs."""
+def write_image_folder(folder: Path, n: int, seed: int = 2, vary: bool = False) -> list[Path]:
+    """n JPEG files of 640 x 480 pixels: varied crops of the bundled photographs.
+
+    ``vary``: also mirror half of them and add Gaussian noise (sigma 2 to 6 grey levels), so that
+    thousands of files are all different images (no two alike for the decoder or the PCA).
+    """
     import cv2
 
     rng = np.random.default_rng(seed)
     decoded = [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in _photo_files()]
     folder.mkdir(parents=True, exist_ok=True)
+    written = []
     for i in range(n):
         img = decoded[i % len(decoded)]
         h, w = img.shape[:2]
         ch, cw = int(h * rng.uniform(0.6, 1.0)), int(w * rng.uniform(0.6, 1.0))
         y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
         out = cv2.resize(np.ascontiguousarray(img[y : y + ch, x : x + cw]), (640, 480), interpolation=cv2.INTER_AREA)
-        cv2.imwrite(str(folder / f"img{i:04d}.jpg"), out, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        if vary:
+            if rng.random() < 0.5:
+                out = np.ascontiguousarray(out[:, ::-1])
+            noise = rng.normal(0.0, rng.uniform(2.0, 6.0), out.shape).astype(np.float32)
+            out = np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
+        path = folder / f"img{i:05d}.jpg"
+        cv2.imwrite(str(path), out, [cv2.IMWRITE_JPEG_QUALITY, 90])
+        written.append(path)
+    return written
 
 
 def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, provider: str) -> dict:

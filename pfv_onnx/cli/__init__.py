@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from . import _args, _help
 
-COMMANDS = ("run", "fit", "inspect", "surgery", "demo", "sanity")
+COMMANDS = ("run", "compare", "fit", "inspect", "surgery", "demo", "sanity")
 """Subcommands, in the order ``--help`` lists them; each is the module ``cmd_<name>``
 with a docstring (its help), ``add_arguments(parser)`` and ``run(args) -> int``."""
 RESUMABLE = ("run", "demo")  # commands that pick up where an interrupted run stopped

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     pfv.save_surgery(str(out), size=size)
     if not args.quiet:
-        maps = pfv.feature_maps(size)
+        maps = pfv.maps(size)
         print(f"wrote {out} with {len(maps)} extra output{'s' if len(maps) != 1 else ''}:", file=sys.stderr)
         for m in maps:
             role = getattr(m.role, "value", m.role)
