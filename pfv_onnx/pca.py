@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from . import float_range
 from .errors import InputError
 from .xp import array_module, to_host
 
@@ -271,18 +272,33 @@ def orient(directions: Any, projections: Any) -> Any:
     return signs
 
 
-def fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
+def fit(X: Any, k: int, *, peak: float | None = None) -> tuple[PrincipalBasis, Any]:
     """Principal basis of rows ``X`` (M, C) and the sign-oriented projections (M, k) float32.
 
     Small problems use the C x C covariance or the M x M Gram matrix, whichever is smaller,
     and a full eigendecomposition. Larger ones find only the top k by block Krylov products
     with the centred rows (float32 products of the (M, C) rows with thin (C, b) blocks), which
     costs a few passes over X instead of forming the covariance and decomposing it.
+
+    Rows whose largest magnitude (``peak``, computed when not given) is outside
+    ``float_range``'s safe range are decomposed scaled by a power of two, and the result is
+    scaled back: the directions do not depend on the scale, and the float32 products stay finite.
     """
     xp = array_module(X)
     check_k(k, X.shape[1], X.shape[0])
+    f = float_range.factor(float_range.peak(X) if peak is None else peak)
     with single_threaded_blas() if xp is np else contextlib.nullcontext():
-        return _fit(X, k)
+        if f == 1.0:
+            return _fit(X, k)
+        basis, P = _fit(float_range.scale(X, f), k)
+    unscaled = PrincipalBasis(
+        mean=basis.mean / f,
+        directions=basis.directions,
+        eigenvalues=basis.eigenvalues / (f * f),
+        total_variance=basis.total_variance / (f * f),
+        n_observations=basis.n_observations,
+    )
+    return unscaled, float_range.scale(P, 1.0 / f)
 
 
 def _fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:

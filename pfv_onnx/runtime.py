@@ -25,28 +25,6 @@ def _ort():
     return ort
 
 
-def check_onnxruntime_builds() -> str | None:
-    """A one-line warning when both onnxruntime and onnxruntime-gpu are installed, else None.
-
-    Both install the same module and the last one installed silently wins.
-    """
-    from importlib import metadata
-
-    present = []
-    for dist in ("onnxruntime", "onnxruntime-gpu"):
-        try:
-            metadata.version(dist)
-            present.append(dist)
-        except metadata.PackageNotFoundError:
-            pass
-    if len(present) == 2:
-        return (
-            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; repair with "
-            "`pip uninstall -y onnxruntime onnxruntime-gpu` then `pip install onnxruntime-gpu` (GPU) or `pip install onnxruntime` (CPU)"
-        )
-    return None
-
-
 def resolve_provider(provider: str) -> list[str]:
     """Execution providers to request for ``auto|cpu|cuda``."""
     if provider not in ("auto", "cpu", "cuda"):
@@ -57,8 +35,13 @@ def resolve_provider(provider: str) -> list[str]:
         return [CPU]
     if CUDA not in available:
         if provider == "cuda":
-            hint = check_onnxruntime_builds() or "install onnxruntime-gpu (and CUDA 12 libraries) or use --provider cpu"
-            raise DependencyError(f"the CUDA execution provider is not available in this onnxruntime build; {hint}")
+            from .runtime_check import check_onnxruntime_install
+
+            check_onnxruntime_install()  # two builds sharing one module: say how to repair that first
+            raise DependencyError(
+                "the CUDA execution provider is not available in this onnxruntime build; "
+                "install onnxruntime-gpu (and CUDA 12 libraries) or use --provider cpu"
+            )
         return [CPU]
     return [CUDA, CPU]
 
@@ -66,19 +49,19 @@ def resolve_provider(provider: str) -> list[str]:
 def session_options(external_data_dir: Path | None = None, threads: int | None = None, *, arena: bool = True, spinning: bool = True):
     ort = _ort()
     so = ort.SessionOptions()
-    # ENABLE_ALL (NCHWc layouts on x86) runs EfficientNet-Lite0 2.5x faster than EXTENDED.
+    # ENABLE_ALL: NCHWc layouts on x86, much faster than EXTENDED (docs/PERFORMANCE.md, "Session options").
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Without the memory pattern (one block pre-planned per input shape) the peak memory of a
-    # forward pass is about 30% lower at the same speed (docs/PERFORMANCE.md).
+    # Without the memory pattern (one block pre-planned per input shape) a forward pass peaks
+    # lower at the same speed (docs/PERFORMANCE.md, "Session options").
     so.enable_mem_pattern = False
     so.log_severity_level = 4  # errors come back as exceptions (one line each); ORT would print them again
     if threads:
         so.intra_op_num_threads = threads
     if not arena:
         so.enable_cpu_mem_arena = False
-    # Spinning worker threads (onnxruntime's default) make back-to-back forward passes 10-15%
-    # faster at 2 threads; where other threads share the cores (the command line decodes and
-    # draws beside the passes) they steal them, and sleeping threads are faster (docs/PERFORMANCE.md).
+    # Spinning worker threads (onnxruntime's default) make back-to-back forward passes faster;
+    # where other threads share the cores (the command line decodes and draws beside the
+    # passes) they steal them, and sleeping threads are faster (docs/PERFORMANCE.md, "Session options").
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if external_data_dir is not None:
@@ -185,8 +168,9 @@ def release_freed_memory() -> None:
     """Give memory that was freed back to the operating system (glibc only; elsewhere nothing).
 
     Building a session leaves the transient copies of a model (the rewritten protobuf, its
-    serialised bytes, onnxruntime's parse) freed but kept by the C allocator: 250 MiB for
-    ResNet-50, which every later forward pass would add to. ``malloc_trim`` returns them.
+    serialised bytes, onnxruntime's parse) freed but kept by the C allocator, where every later
+    forward pass would add to them (docs/PERFORMANCE.md, "Session options"). ``malloc_trim``
+    returns them.
     """
     from ._libc import function
 

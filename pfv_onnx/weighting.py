@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from . import float_range
 from .errors import InputError
 from .xp import array_module
 
@@ -69,7 +70,14 @@ def flat(P: Any, weights: Sequence[Any], size: tuple[int, int]) -> Any:
     On NumPy the result is an (N, k, H, W) view of an image-major (N, H, W, k) array, filled
     one image at a time while its maps are in cache; ``result.transpose(0, 2, 3, 1)`` is then
     contiguous.
+
+    When the product of P's and the summed maps' largest magnitudes leaves ``float_range``'s
+    safe range, P and the maps are each multiplied by a power of two first (so nothing
+    overflows or underflows): the result is then the product times a power of two, which
+    the colour scaling does not see.
     """
+    if weights:
+        P, weights = _in_range(P, weights)
     if _per_image(P):
         return _flat_per_image(P, weights, size)
     up = resize_bilinear(P, size)
@@ -81,6 +89,20 @@ def flat(P: Any, weights: Sequence[Any], size: tuple[int, int]) -> Any:
     return up * A
 
 
+def _in_range(P: Any, weights: Sequence[Any]) -> tuple[Any, Sequence[Any]]:
+    """P and the weighting maps, each scaled by a power of two when their product would leave the safe range."""
+    p = float_range.peak(P)
+    a = sum(float_range.peak(S) for S in weights)
+    if float_range.factor(p * a) == 1.0:
+        return P, weights
+    fp, fa = float_range.factor(p), float_range.factor(a)
+    if fp != 1.0:
+        P = float_range.scale(P, fp)
+    if fa != 1.0:
+        weights = [float_range.scale(S, fa) for S in weights]
+    return P, weights
+
+
 def hierarchical(P: Any, weights: Sequence[Any], size: tuple[int, int], *, peaks: Sequence[float] | None = None) -> Any:
     """From the deepest weighting map to the earliest: P = upsample(P, to S_l) * S_l / max(S_l).
 
@@ -90,8 +112,12 @@ def hierarchical(P: Any, weights: Sequence[Any], size: tuple[int, int], *, peaks
     """
     xp = array_module(P)
     factors = []
+    weights = list(weights)
     for i, S in enumerate(weights):
         peak = float(S.max()) if peaks is None else float(peaks[i])
+        f = float_range.factor(peak) if peak > 0 else 1.0
+        if f != 1.0:  # 1 / peak would leave float32's range: S and its peak scaled by a power of two first
+            weights[i], peak = float_range.scale(S, f), peak * f
         factors.append(1.0 / peak if peak > 0 else 0.0)
     if _per_image(P):
         return _hierarchical_per_image(P, weights, factors, size)
@@ -228,16 +254,23 @@ def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std:
     if mean is None or std is None:
         if size == 0:
             return out
-        counts, means, squares = (np.empty(len(chunks)) for _ in range(3))
+        counts, means, squares, lows, highs = (np.empty(len(chunks)) for _ in range(5))
         scratch = np.empty(min(_CHUNK, size), dtype=np.float32)
         for j, i in enumerate(chunks):
             part = flat_in[i : i + _CHUNK]
             d = scratch[: part.size]
             counts[j] = part.size
+            lows[j], highs[j] = float(part.min()), float(part.max())
+            # a chunk beyond float32's safe range for squares is summed scaled by a power of two
+            f = float_range.factor(max(-lows[j], highs[j]))
+            if f != 1.0:
+                d[...] = float_range.scale(part, f)
+                part = d
             means[j] = float(part.sum(dtype=np.float32)) / part.size  # pairwise float32 sum
             np.subtract(part, np.float32(means[j]), out=d)
             np.square(d, out=d)
-            squares[j] = float(d.sum())
+            squares[j] = float(d.sum()) / (f * f)
+            means[j] /= f
         mean = float(counts @ means) / size
         # Chan et al.: the squared deviations of the whole from those of its parts
         variance = (float(squares.sum()) + float(counts @ (means - mean) ** 2)) / size
@@ -245,19 +278,26 @@ def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std:
         if not std > 0:
             return np.zeros_like(x)
         m32, s32 = np.float32(mean), np.float32(std)
-        lo, hi = (float(np.clip((np.float32(v) - m32) / s32, -n_sigma, n_sigma)) for v in (flat_in.min(), flat_in.max()))
+        lo, hi = (float(np.clip((np.float32(v) - m32) / s32, -n_sigma, n_sigma)) for v in (lows.min(), highs.max()))
         if hi <= lo:
             return np.zeros_like(x)
+        g = float_range.factor(max(-lows.min(), highs.max()))
     else:
         if not float(std) > 0:
             return np.zeros_like(x)
         lo, hi = -n_sigma, n_sigma
-    m32 = np.float32(mean)
-    a = np.float32(1.0 / (float(np.float32(std)) * (hi - lo)))
+        g = float_range.factor(max(abs(float(mean)), float(std)))
+    # (x - mean) * a + b; beyond the safe range as (x g - mean g) * (a / g), g a power of two
+    m32 = np.float32(float(mean) * g)
+    a = np.float32(1.0 / (float(np.float32(std)) * g * (hi - lo)))
     b = np.float32(-lo / (hi - lo))
     for i in chunks:
         part = flat_out[i : i + _CHUNK]
-        np.subtract(flat_in[i : i + _CHUNK], m32, out=part)
+        if g == 1.0:
+            np.subtract(flat_in[i : i + _CHUNK], m32, out=part)
+        else:
+            part[...] = float_range.scale(flat_in[i : i + _CHUNK], g)
+            part -= m32
         part *= a
         part += b
         np.clip(part, 0.0, 1.0, out=part)

@@ -84,3 +84,11 @@ def labels_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("labels") / "labels.txt"
     path.write_text("\n".join(graphs.VGG_LABELS) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def efficientnet_int8(tmp_path_factory) -> Path:
+    """The bundled EfficientNet-Lite0 through onnxruntime's static quantiser (QDQ, per channel), once per session."""
+    import derived_models
+
+    return derived_models.quantise_int8(tmp_path_factory.mktemp("int8"))

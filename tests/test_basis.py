@@ -341,11 +341,11 @@ def test_cli_run_refuses_a_basis_of_another_model(tmp_path, save_model, model, i
 # --------------------------------------------------------------------------- GPU
 
 
-class _Chunk:
-    """The fields of a ForwardPass that the statistics read."""
+def _Chunk(activations, weights, input_hw):
+    """A forward pass without model outputs (the statistics do not read them)."""
+    from pfv_onnx.pipeline import ForwardPass
 
-    def __init__(self, decomposed, weights, input_hw):
-        self.decomposed, self.weights, self.input_hw = decomposed, weights, input_hw
+    return ForwardPass(activations, weights, {}, input_hw)
 
 
 @pytest.mark.gpu

@@ -236,7 +236,7 @@ def test_errors_are_one_line(tmp_path, image_folder, vgg_model, capsys):
 
 def test_usage_error_exit_2(capsys):
     assert main(["run", "--no-such-option"]) == 2
-    assert "usage: pfv-onnx run" in capsys.readouterr().err
+    assert "see 'pfv-onnx run --help'" in capsys.readouterr().err
     assert main([]) == 2
     assert main(["frobnicate"]) == 2
 

@@ -17,7 +17,9 @@ import pytest
 import graphs
 import reference as ref
 from pfv_onnx import PFV, FeatureMap, Layout, PfvError, inspect
+from pfv_onnx.errors import InputError
 from pfv_onnx.feature_maps import Role
+from pfv_onnx.self_check import SelfCheck
 
 CASES = list(graphs.CASE_FACTORIES)
 ERROR_CASES = list(graphs.ERROR_FACTORIES)
@@ -135,7 +137,7 @@ def test_inspect_reports_the_choice(name, save_model):
 
 @pytest.mark.parametrize("name", CASES)
 def test_feature_map_records(name, engine):
-    """res.maps / feature_maps(size): name, producing op, own-layout shape with batch 1, layout, role."""
+    """res.maps / maps(size): name, producing op, own-layout shape with batch 1, layout, role."""
     case = graphs.case(name)
     b = case.batch()
     res = engine(case).explain(b)
@@ -149,7 +151,7 @@ def test_feature_map_records(name, engine):
             assert rec.op == producing_op(case.model, exp), (exp, rec.op)
     assert Role(res.maps[-1].role) == Role.DECOMPOSED
     assert all(Role(m.role) == Role.WEIGHTING for m in res.maps[:-1])
-    recs = engine(case).feature_maps(case.image_hw)
+    recs = engine(case).maps(case.image_hw)
     assert [m.name for m in recs] == res.feature_maps
 
 
@@ -329,17 +331,13 @@ def test_zero_variance_features_give_finite_output(save_model):
     assert_matches(res, reference_for(case, b, res), case)
 
 
-def test_constant_decomposed_map_gives_zeros(save_model):
-    """Every feature constant: defined, finite; the colour scaling of a constant array is zeros."""
+def test_constant_decomposed_map_is_refused(save_model):
+    """Every feature constant: the map would be blank, so it is an error that says why."""
     case = graphs.linear_probe(channels=6, size=(5, 7), name="linear_probe_6")
     pfv = PFV(save_model(case.model, case.name), provider="cpu")
     b = np.ones((3, 6, 5, 7), np.float32) * np.arange(6, dtype=np.float32)[None, :, None, None]
-    res = pfv.explain(b)
-    for arr in (res.rgb, res.components, res.eigenvalues, res.explained_variance_ratio):
-        assert np.isfinite(arr).all()
-    assert (res.rgb == 0).all()
-    np.testing.assert_allclose(res.components, 0.0, atol=1e-5)
-    np.testing.assert_allclose(res.eigenvalues, 0.0, atol=1e-8)
+    with pytest.raises(InputError, match="same at every position"):
+        pfv.explain(b)
 
 
 def test_dead_relu_channels_in_a_real_net(save_model):
@@ -534,7 +532,7 @@ def test_dynamic_hw_two_sizes(engine):
             assert res.rgb.shape == (shape[0], shape[2], shape[3], 3)
             assert res.feature_maps == case.all_expected
             assert_matches(res, reference_for(case, b, res, hierarchical=hier), case)
-        recs = pfv.feature_maps((shape[2], shape[3]))
+        recs = pfv.maps((shape[2], shape[3]))
         maps = graphs.case_maps(case, b)
         assert [tuple(r.shape) for r in recs] == [(1, *maps[n].shape[1:]) for n in case.all_expected]
 
@@ -805,20 +803,20 @@ def test_self_check_warns_when_the_original_outputs_change(engine, monkeypatch):
     model's; a difference (here put into the original's side) is reported, not hidden."""
     case = graphs.case("vgg")
     pfv = engine(case, cache=False)
-    real = PFV._original_outputs
+    real = SelfCheck.reference
 
     def shifted(self, chunk, quiet=False):
         out = real(self, chunk, quiet)
         return {k: np.asarray(v) + 0.5 * (np.abs(np.asarray(v)).max() + 1) for k, v in out.items()}
 
-    monkeypatch.setattr(PFV, "_original_outputs", shifted)
+    monkeypatch.setattr(SelfCheck, "reference", shifted)
     with pytest.warns(RuntimeWarning, match="change by up to"):
         pfv.forward(case.batch(n=4, seed=9))
     assert not pfv.self_check_result.startswith("ok")
 
 
 def test_self_check_pairs_images_and_skips_batch_statistics():
-    from pfv_onnx.pipeline import _same_images
+    from pfv_onnx.self_check import same_images as _same_images
 
     per_image = np.arange(12.0).reshape(6, 2)
     stat = np.array([3.0])  # no batch axis: depends on the whole batch
@@ -918,13 +916,13 @@ def test_self_check_uses_the_whole_chunk_when_two_images_cannot_settle_it(build,
 
     pfv = PFV(save_model(build(), build.__name__), provider="cpu")
     sizes = []
-    real = PFV._original_outputs
+    real = SelfCheck.reference
 
     def spy(self, chunk, quiet=False):
         sizes.append(len(chunk))
         return real(self, chunk, quiet)
 
-    monkeypatch.setattr(PFV, "_original_outputs", spy)
+    monkeypatch.setattr(SelfCheck, "reference", spy)
     x = np.random.default_rng(7).standard_normal((5, 3, 8, 8)).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
@@ -938,7 +936,7 @@ def test_self_check_retries_on_the_chunk_when_the_model_refuses_two_images(engin
 
     case = graphs.case("vgg")
     pfv = engine(case, cache=False)
-    real = PFV._original_outputs
+    real = SelfCheck.reference
     sizes = []
 
     def picky(self, chunk, quiet=False):
@@ -949,7 +947,7 @@ def test_self_check_retries_on_the_chunk_when_the_model_refuses_two_images(engin
             raise ModelError("runs only at the batch it was made for")
         return real(self, chunk, quiet)
 
-    monkeypatch.setattr(PFV, "_original_outputs", picky)
+    monkeypatch.setattr(SelfCheck, "reference", picky)
     pfv.forward(case.batch(n=4, seed=3))
     assert sizes == [2, 4] and pfv.self_check_result.startswith("ok")
 

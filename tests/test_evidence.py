@@ -56,7 +56,7 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
 def _randomised_twin(trained: PFV, out: Path) -> PFV:
     """PFV on the model with re-drawn weights, decomposing the same tensors as ``trained``."""
     sanity.randomise_model_file(trained.model_path, out, seed=SEED)
-    maps = [fm.name for fm in trained.feature_maps()]
+    maps = trained.feature_maps()
     return PFV(out, provider="cpu", layer=maps[-1], weight_layers=maps[:-1])
 
 

@@ -712,3 +712,58 @@ def test_filters_hide_cards_and_sorting_orders_them(browser, run_dir):
     _set(b, s, "sort", "score-asc", "change")
     expected = [im["file"] for im in sorted(report["images"], key=lambda im: im["prediction"]["score"])]
     assert b.evaluate(s, visible) == expected
+
+
+def test_component_views_are_red_where_positive_and_blue_where_negative(run_dir):
+    """Each enlarged view shows every component alone: at the centre of the cell where pfv.npz's
+    component is largest the picture is red, where it is most negative blue."""
+    report = _report(run_dir)
+    page = _page(run_dir)
+    with np.load(run_dir / "pfv.npz") as z:
+        comps = z["components"].astype(np.float64)
+    n, k, gh, gw = comps.shape
+    checked = 0
+    for im in report["images"]:
+        row = im["row"]
+        views = [a for a in page.inside("figure", "views") if "data-component" in a]
+        srcs = [a["src"] for a in page.find("img") if f"/g{im['group']}-{row}-c" in a["src"]]
+        assert len(srcs) == k and views
+        for c, src in enumerate(srcs):
+            pic = cv2.imread(str(_local(run_dir, src)))  # BGR
+            h, w = pic.shape[:2]
+            x0, y0, x1, y1 = im["crop_box"]
+            sy, sx = h / im["size"][0], w / im["size"][1]
+            for pick, want in ((np.argmax, "red"), (np.argmin, "blue")):
+                y, x = divmod(int(pick(comps[row, c])), gw)
+                if abs(comps[row, c, y, x]) < 0.5 * np.abs(comps[:, c]).max():
+                    continue  # too faint to tell apart from white
+                py = int((y0 + (y + 0.5) * (y1 - y0) / gh) * sy)
+                px = int((x0 + (x + 0.5) * (x1 - x0) / gw) * sx)
+                b, g, r = (int(v) for v in pic[min(py, h - 1), min(px, w - 1)])
+                assert (r > b + 40) if want == "red" else (b > r + 40), (src, want, (r, g, b))
+                checked += 1
+    assert checked >= n
+
+
+def test_page_needs_only_the_components_of_pfv_npz(run_dir, tmp_path):
+    """A pfv.npz without ``rgb`` (or with it as uint8) still gives the legend, the component views
+    and the flags; the mean map colours then come from the map thumbnails."""
+    for variant in ("no-rgb", "uint8"):
+        out = tmp_path / variant
+        shutil.copytree(run_dir, out)
+        with np.load(out / "pfv.npz") as z:
+            arrays = {k: z[k] for k in z.files}
+        if variant == "no-rgb":
+            del arrays["rgb"]
+        else:
+            arrays["rgb"] = np.rint(arrays["rgb"] * 255).astype(np.uint8)
+        np.savez(out / "pfv.npz", **arrays)
+        write_report(out)
+        page = _page(out)
+        assert len(page.find("a", "patch")) == len(_page(run_dir).find("a", "patch"))
+        assert len([a for a in page.find("img") if "/components/" in a["src"]]) == 3 * len(_report(out)["images"])
+        assert not page.find("section", id="page-notes"), page.text
+        cards = page.find("article", "card")
+        assert all(c["data-flags"] in ("", "low", "atypical", "low atypical") for c in cards)
+        scores = {im["file"]: im["prediction"]["score"] for im in _report(out)["images"]}
+        assert all(("low" in c["data-flags"]) == (scores[c["data-file"]] < 0.5) for c in cards)

@@ -130,3 +130,44 @@ def test_encode_jpeg_keeps_colour_at_full_resolution():
     assert back.shape == pic.shape
     assert np.abs(back.astype(int) - pic.astype(int)).mean() < 12
     assert render.encode_jpeg(pic) == render.encode_jpeg(pic)
+
+
+def test_component_ends_are_one_channel_at_each_end():
+    from pfv_onnx.render import component_ends
+
+    ends = component_ends(3)
+    assert len(ends) == 3
+    for c, (lo, mid, hi) in enumerate(ends):
+        assert mid == (0.5, 0.5, 0.5)
+        assert [v for i, v in enumerate(lo) if i != c] == [0.5, 0.5] and lo[c] == 0.0
+        assert hi[c] == 1.0
+    assert component_ends(1) == [((0.0, 0.0, 0.0), (0.5, 0.5, 0.5), (1.0, 1.0, 1.0))]
+    assert len(component_ends(5)) == 3 and component_ends(2)[0][1] == (0.5, 0.5, 0.0)  # blue is not drawn with k = 2
+
+
+def test_diverging_picture_by_hand():
+    from pfv_onnx.render import DIVERGING_NEG, DIVERGING_POS, diverging
+
+    v = np.array([[-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 3.0]])
+    pic = diverging(v, 1.0)[0, :, ::-1].astype(float)  # as R, G, B
+    white = np.array([255.0, 255.0, 255.0])
+    expected = [DIVERGING_NEG, DIVERGING_NEG, (white + np.array(DIVERGING_NEG)) / 2, white, (white + np.array(DIVERGING_POS)) / 2, DIVERGING_POS, DIVERGING_POS]
+    assert np.abs(pic - np.array(expected, float)).max() <= 0.5
+
+
+def test_mosaic_colour_key_shows_each_components_ends():
+    from pfv_onnx.render import KEY_ROW, mosaic
+
+    img = np.full((20, 20, 3), 128, np.uint8)
+    plain = mosaic([img], [img], ["x"], tile=40)
+    keyed = mosaic([img], [img], ["x"], tile=40, key=3)
+    assert keyed.shape[1] == plain.shape[1] and np.array_equal(keyed[: plain.shape[0]], plain)
+    strip = keyed[plain.shape[0] :]
+    assert strip.shape[0] >= 4 * KEY_ROW
+    for c in range(3):  # along each bar: the channel rises from 0 to 255, the others stay at the middle
+        row = strip[2 + c * KEY_ROW + KEY_ROW // 2]
+        coloured = row[(row != 255).any(axis=1) & (np.abs(row.astype(int) - 128) <= 1).sum(axis=1).astype(bool)]
+        bgr = 2 - c
+        assert coloured[:, bgr].min() <= 2 and coloured[:, bgr].max() >= 253
+        others = [i for i in range(3) if i != bgr]
+        assert np.abs(coloured[:, others].astype(int) - 128).max() <= 1

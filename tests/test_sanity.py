@@ -428,7 +428,24 @@ def test_sanity_command_reports_a_quantised_model_in_one_line(save_model, tmp_pa
 
     path = save_model(graphs.case("qdq").model, "sanity_qdq")
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((16, 16, 3), np.uint8))
-    code = main(["sanity", path, str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--provider", "cpu"])
+    code = main(["sanity", path, str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--provider", "cpu", "-q"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "quantised" in err[0] and "randomise the float model" in err[0]
+
+
+@pytest.mark.parametrize("module", ["skimage.metrics", "scipy.stats"])
+def test_sanity_without_its_extra_fails_in_one_line_naming_it(module, save_model, tmp_path, capsys, monkeypatch):
+    import cv2
+
+    from pfv_onnx.cli import main
+
+    path = save_model(graphs.case("vgg").model, "sanity_vgg")
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((40, 50, 3), np.uint8))
+    monkeypatch.setitem(__import__("sys").modules, module, None)  # the import now fails
+    code = main(["sanity", path, str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--provider", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "pfv-onnx[sanity]" in err[0]
+    assert not (tmp_path / "o").exists()  # refused before any work
+    with pytest.raises(PfvError, match=r"pfv-onnx\[sanity\]"):
+        sanity.sanity_check(path, np.zeros((1, 3, 24, 32), np.float32))

@@ -358,7 +358,7 @@ def measure_batches(model: Model, batches: list[int], size: int, repeats: int, p
     note = model.note
     if with_torch and model.torch_model is not None:
         try:
-            torch_pfv = TorchHooksPFV(model.torch_model, model.onnx_path, [fm.name for fm in pfv.feature_maps((size, size))])
+            torch_pfv = TorchHooksPFV(model.torch_model, model.onnx_path, pfv.feature_maps((size, size)))
         except LookupError as exc:
             note = f"(c) skipped: {exc}"
     rows = []

@@ -13,17 +13,18 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from . import _args
+from . import _args, _help
 
-COMMANDS = ("run", "fit", "inspect", "surgery", "demo", "sanity")
+COMMANDS = ("run", "compare", "fit", "inspect", "surgery", "demo", "sanity")
 """Subcommands, in the order ``--help`` lists them; each is the module ``cmd_<name>``
 with a docstring (its help), ``add_arguments(parser)`` and ``run(args) -> int``."""
+RESUMABLE = ("run", "demo")  # commands that pick up where an interrupted run stopped
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _help.Parser(
         prog="pfv-onnx",
         description="Principal Feature Visualisation (PFV) heatmaps for ONNX image classifiers.",
         epilog="Run 'pfv-onnx COMMAND --help' for the options of a command.",
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=doc.splitlines()[0] if doc else None,
             description=doc,
+            epilog=_help.epilog(name),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _args.add_debug(p)
@@ -64,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pfv-onnx {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"pfv-onnx {args.command}: interrupted", file=sys.stderr)
+        hint = "; run the same command again to resume: finished groups are kept" if args.command in RESUMABLE else ""
+        print(f"pfv-onnx {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into a program that stopped reading
         sys.stderr.close()

@@ -225,7 +225,13 @@ def add_output_options(parser: argparse.ArgumentParser, *, default_outdir: str |
         help="class names, one per line (default: the labels in the model's metadata, if any)",
     )
     g.add_argument("--alpha", type=unit_float, metavar="A", default=0.5, help="opacity of the map in overlays (default 0.5)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    add_quiet(g)
+
+
+def add_quiet(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    from ._help import QUIET_HELP
+
+    parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
 
 # --------------------------------------------------------------------------- builders

@@ -54,16 +54,12 @@ def fingerprint(report: Mapping[str, Any], files: Sequence[Path], extra: Mapping
 
 
 def file_digest(path: str | os.PathLike[str] | None) -> str | None:
-    if path is None:
-        return None
-    digest = hashlib.sha256()
+    from ..model_file import file_sha256
+
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
+        return None if path is None else file_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 @dataclass

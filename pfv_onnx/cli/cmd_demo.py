@@ -1,4 +1,8 @@
-"""Run PFV with the bundled model (EfficientNet-Lite0) on the bundled images and say where the pictures are."""
+"""Run PFV with a bundled model on bundled images of its own domain and say where the pictures are.
+
+EfficientNet-Lite0 (the default) explains photographs, ppocr-cls lines of text (upright
+and upside down), synthetic-shapes images of discs, squares and triangles.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--outdir", default=DEFAULT_OUTDIR, metavar="OUTDIR", help=f"folder for the results (default {DEFAULT_OUTDIR})")
     parser.add_argument("--model", metavar="NAME", help="another bundled model by name (default: the default model)")
     _args.add_runtime_options(parser, batching=False)
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _args.add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"unknown bundled model {args.model!r}; choose one of {', '.join(sorted(bundled.MODELS))}") from None
     except FileNotFoundError as exc:
         raise DependencyError(f"{exc}; reinstall pfv-onnx") from None
-    images = [str(p) for p in bundled.demo_images()]
+    images = [str(p) for p in bundled.demo_images(args.model or bundled.DEFAULT_MODEL)]
     if not images:
         raise DependencyError("the bundled demo images are missing; reinstall pfv-onnx")
     parser = argparse.ArgumentParser(prog="pfv-onnx demo")
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     code = cmd_run.execute(run_args, title="pfv-onnx demo")
     outdir = Path(args.outdir)
     print(f"mosaic:    {outdir / cmd_run.MOSAIC}")
-    print(f"maps:      {outdir}{'/' if not str(outdir).endswith('/') else ''}*.pfv.png, *.overlay.jpg")
+    print(f"maps:      {outdir}{'/' if not str(outdir).endswith('/') else ''}*.pfv.png, *.overlay.*")
     print(f"report:    {outdir / cmd_run.REPORT}")
     print(f"page:      {outdir / cmd_run.REPORT_HTML} (open it in a browser)")
     return code

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _args
+from . import _args, _preamble
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run on Ray: the cluster at ADDRESS ('auto', 'ray://host:10001'), else RAY_ADDRESS or a new local one",
     )
     g.add_argument("--actors", type=_args.positive_int, metavar="N", help="Ray actors (default: one per GPU, else per CPU)")
-    g.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    _args.add_quiet(g)
     _args.add_preprocessing_options(parser)
     _args.add_runtime_options(parser, batching=False)
     parser.set_defaults(hierarchical=False, n_sigma=1.0)  # build_pfv reads them with --k; a basis holds both variants
@@ -80,23 +80,39 @@ def _loaded(files: Sequence[Path], prep: Preprocessing, max_pixels: int, failure
                 yield value
 
 
-def _batches(files: Sequence[Path], prep: Preprocessing, args: argparse.Namespace, failures: list[tuple[str, str]], bar: Any) -> Callable[[], Iterator[np.ndarray]]:
-    """A function yielding the stacked batches afresh for each pass."""
-    from ..inputs import stack_batch
+class _FileBatches:
+    """The images as batches, afresh on every call (one call per pass of the fit).
 
-    def gen() -> Iterator[np.ndarray]:
+    The first pass records the files that cannot be read in ``failures``; later passes read
+    only the others, and a file that fails only then changed between the passes (an error).
+    """
+
+    def __init__(self, files: Sequence[Path], prep: Preprocessing, args: argparse.Namespace, bar: Any) -> None:
+        self.files, self.prep, self.args, self.bar = list(files), prep, args, bar
+        self.failures: list[tuple[str, str]] = []
+        self._passes = 0
+
+    def __call__(self) -> Iterator[np.ndarray]:
+        from ..errors import InputError
+        from ..inputs import stack_batch
+
+        first = self._passes == 0
+        self._passes += 1
+        bad = {f for f, _ in self.failures}
+        files = [f for f in self.files if str(f) not in bad]
+        failed: list[tuple[str, str]] = []
         chunk: list[np.ndarray] = []
-        for x in _loaded(files, prep, args.max_pixels, failures):
+        for x in _loaded(files, self.prep, self.args.max_pixels, failed):
             chunk.append(x)
-            if len(chunk) == args.batch_size:
-                yield stack_batch(chunk, prep.layout)
-                bar.update(len(chunk))
+            if len(chunk) == self.args.batch_size:
+                yield stack_batch(chunk, self.prep.layout)
                 chunk = []
         if chunk:
-            yield stack_batch(chunk, prep.layout)
-            bar.update(len(chunk))
-
-    return gen
+            yield stack_batch(chunk, self.prep.layout)
+        if failed and not first:
+            raise InputError(f"{failed[0][0]} changed between the two passes: {failed[0][1]}")
+        self.failures.extend(failed)
+        self.bar.update(len(self.failures))  # the failed files count as done in every pass
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no image files found ({what})")
     pfv = _args.build_pfv(args)
     prep, _notes = _args.build_preprocessing(args, pfv)
+    _preamble.preamble(args, pfv, "pfv-onnx fit", len(files))
 
     if args.ray is not None:
         from .. import distributed
@@ -138,27 +155,16 @@ def run(args: argparse.Namespace) -> int:
             )  # fmt: skip
         failures.extend(skipped)
     else:
-        read_failures: list[tuple[str, str]] = []
         with tqdm(total=2 * len(files), unit="img", file=sys.stderr, disable=args.quiet, desc="fit", dynamic_ncols=True) as bar:
-            first = basis_mod.covariance_statistics(pfv, _batches(files, prep, args, read_failures, bar))
-            bar.update(len(read_failures))
-            directions = first.principal(args.k)
-            # The second pass reads only the images the first one could read.
-            bad = {f for f, _ in read_failures}
-            good = [f for f in files if str(f) not in bad]
-            second_failures: list[tuple[str, str]] = []
-            second = basis_mod.projection_statistics(pfv, _batches(good, prep, args, second_failures, bar), directions, first.peaks)
-            if second_failures:
-                raise InputError(f"{second_failures[0][0]} changed between the two passes: {second_failures[0][1]}")
-            bar.update(len(read_failures))
-            fitted = basis_mod.finish(pfv, first, directions, second, preprocessing=prep.to_dict())
-        failures.extend(read_failures)
+            source = _FileBatches(files, prep, args, bar)
+            fitted = basis_mod.fit(pfv, source, k=args.k, preprocessing=prep.to_dict(), progress=bar.update)
+        failures.extend(source.failures)
     fitted.save(out)
     if not args.quiet:
         evr = ", ".join(f"{v:.1%}" for v in fitted.explained_variance_ratio)
         print(
             f"basis of {fitted.k} components over {fitted.n_images} image{'s' if fitted.n_images != 1 else ''} "
-            f"({fitted.decomposed}, explained variance {evr}), {len(failures)} failed; written to {out}",
+            f"({fitted.decomposed_name}, explained variance {evr}), {len(failures)} failed; written to {out}",
             file=sys.stderr,
         )
         for f, r in failures:

@@ -1,7 +1,9 @@
 """Show the candidate feature maps of a model and the automatic choice, with the reason.
 
-Lists every spatial tensor (in graph order) with its op, shape, layout and stride, marks
-the decomposed map (E_L) and the weighting maps, and explains how they were chosen.
+Lists every spatial tensor (in graph order) with its op, shape, layout, stride and grid: maps,
+and token sequences (N, T, C) whose patch tokens the graph puts on a grid (with the special
+tokens counted and how the grid was found). Marks the decomposed map (E_L) and the weighting
+maps, explains how they were chosen, and warns where the choice is known to be weak.
 --layer and --weight-layers show what a run with those options would use.
 """
 
@@ -36,13 +38,17 @@ def _record(m: Any, size: tuple[int, int] | None) -> dict[str, Any]:
     if size and h and w:
         sh, sw = (_ratio(size[0], h), _ratio(size[1], w))
         stride = sh if sh == sw else f"{sh}x{sw}"
+    tokens = getattr(m, "tokens", None)
     return {
         "name": m.name,
         "op": m.op,
-        "shape": list(m.shape),
-        "layout": _value(m.layout),
+        "shape": list(tokens.shape if tokens is not None else m.shape),
+        "layout": "tokens" if tokens is not None else _value(m.layout),
         "dtype": m.dtype,
         "stride": stride,
+        "grid": [h, w],
+        "tokens": None if tokens is None else {"token_axis": tokens.token_axis, "before": tokens.before, "after": tokens.after},
+        "grid_from": getattr(m, "grid_from", ""),
         "role": _value(m.role),
         "reason": m.reason,
     }
@@ -60,15 +66,20 @@ def report_dict(rep: Any, model: str) -> dict[str, Any]:
         "weighting": [m.name for m in rep.weighting],
         "candidates": [_record(m, size) for m in rep.candidates],
         "notes": list(rep.notes),
+        "warnings": list(getattr(rep, "warnings", [])),
     }
 
 
 def format_table(d: dict[str, Any]) -> str:
-    rows = [("#", "name", "op", "shape", "layout", "stride", "role")]
+    rows = [("#", "name", "op", "shape", "layout", "stride", "grid", "role")]
     for i, c in enumerate(d["candidates"]):
         role = {"decomposed": "DECOMPOSED", "weighting": "weighting"}.get(c["role"], "")
+        grid = "x".join(str(s) for s in c["grid"])
+        if c["tokens"]:
+            t = c["tokens"]
+            grid += f" +{t['before'] + t['after']} special" if t["before"] or t["after"] else ""
         rows.append((str(i), c["name"], c["op"] or "", "x".join(str(s) for s in c["shape"]), c["layout"] or "",
-                     "" if c["stride"] is None else str(c["stride"]), role))  # fmt: skip
+                     "" if c["stride"] is None else str(c["stride"]), grid, role))  # fmt: skip
     widths = [max(len(r[j]) for r in rows) for j in range(len(rows[0]))]
     widths[1] = min(widths[1], 60)
     lines = [
@@ -85,31 +96,21 @@ def format_table(d: dict[str, Any]) -> str:
     if chosen:
         lines += ["", "why:"]
         lines += [f"  {c['name']}: {c['reason']}" for c in chosen]
+    found: dict[str, int] = {}
+    for c in d["candidates"]:
+        if c["grid_from"]:
+            found[c["grid_from"]] = found.get(c["grid_from"], 0) + 1
+    if found:
+        lines += ["", "grids:  (tensors whose grid a Reshape/Transpose made, and how it was found)"]
+        lines += [f"  {n} tensor(s): {how}" for how, n in found.items()]
     if d["notes"]:
         lines += ["", "notes:"]
         lines += [f"  {n}" for n in d["notes"]]
+    if d.get("warnings"):
+        lines += ["", "warnings:"]
+        lines += [f"  {w}" for w in d["warnings"]]
     lines += ["", f"decomposed: {d['decomposed']}", f"weighting:  {', '.join(d['weighting']) or '(none)'}"]
     return "\n".join(lines)
-
-
-def _metadata_size(path: Any) -> tuple[int, int] | None:
-    """The ``input_size`` metadata entry ("HxW") for a model with a dynamic input size, as ``run`` uses it."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # unreadable: let inspect() give the error
-        return None
-    meta = {p.key: p.value for p in model.metadata_props}
-    if "input_size" not in meta:
-        return None
-    dims = model.graph.input[0].type.tensor_type.shape.dim if len(model.graph.input) == 1 else []
-    if len(dims) == 4 and all(d.HasField("dim_value") for d in dims):
-        return None  # static: the model's own size
-    try:
-        return _args.size_hw(meta["input_size"])
-    except argparse.ArgumentTypeError:
-        return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     check_onnxruntime_install()
     rep = inspect(
         str(path),
-        size=args.size or _metadata_size(path),
+        size=args.size,
         layer=args.layer,
         weight_layers=_args.weight_layers(args.weight_layers),
         input_name=args.input_name,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..predictions import predictions
-from . import _args
+from ..provenance import provenance
+from . import _args, _preamble
 
 if TYPE_CHECKING:
     import numpy as np
@@ -365,6 +366,8 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
             print(f"all {len(earlier.get('images') or [])} images already done in {outdir}{os.sep} (--overwrite redoes them)", file=sys.stderr)
         return 1 if earlier.get("failures") else 0
 
+    report["warnings"] = _preamble.preamble(args, pfv, title, len(files))
+    report["provenance"] = provenance(files)
     from tqdm import tqdm
 
     bar = tqdm(total=len(files), unit="img", file=sys.stderr, disable=args.quiet, desc="pfv", dynamic_ncols=True)
@@ -449,6 +452,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                     pending = []
                 if by_class and ok:
                     queued = split_by_class(ok, passes, labels, getattr(pfv, "output_names", None))
+                    _preamble.class_groups(report, [len(q[0]) for q in queued])
                 group_class = None
                 if queued:
                     ok, passes, group_class = queued.pop(0)
@@ -457,12 +461,16 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                 g += 1
 
                 t0 = time.perf_counter()
+                input_hw = passes[0].input_hw
                 res = pfv.decompose(passes, basis=fitted)
                 timings["decompose_s"] += time.perf_counter() - t0
                 del passes
                 if feature_maps is None:
                     feature_maps = list(res.feature_maps)
                     report["feature_maps"] = [_map_record(m) for m in (res.maps or [])] or [{"name": n} for n in feature_maps]
+                    report["warnings"] = list(getattr(pfv.analysis(input_hw), "warnings", []))
+                    for w in report["warnings"] if not args.quiet else []:
+                        bar.write(f"pfv-onnx run: warning: {w}", file=sys.stderr)
                 preds, pred_output = predictions(res.outputs, len(ok), labels, getattr(pfv, "output_names", None))
 
                 t0 = time.perf_counter()

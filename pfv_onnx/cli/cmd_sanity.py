@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _args
+from . import _args, _preamble
 
 if TYPE_CHECKING:
     import numpy as np
@@ -96,8 +96,10 @@ def run(args: argparse.Namespace) -> int:
     from ..inputs import collect_images, crop_box, decode_image, preprocess, stack_batch
     from ..outputs import atomic_write_bytes, write_json, write_npz
     from ..sanity import sanity_check
+    from ..similarity import require
     from .cmd_run import predictions
 
+    require()  # scikit-image and SciPy (extra "sanity"): a one-line error before any work
     found = collect_images(args.inputs)
     failures: list[dict[str, str]] = [{"file": f, "reason": r} for f, r in found.missing]
     if not found.files:
@@ -106,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     pfv = _args.build_pfv(args)
     prep, prep_notes = _args.build_preprocessing(args, pfv)
+    _preamble.preamble(args, pfv, "pfv-onnx sanity")
     labels, _ = _args.read_labels(args.labels, pfv)
 
     files: list[Path] = []

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _args.add_model_options(parser)
     parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the rewritten model")
     parser.add_argument("--size", type=_args.size_hw, metavar="N|HxW", help="input size to analyse at (default: the model's)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    _args.add_quiet(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     pfv.save_surgery(str(out), size=size)
     if not args.quiet:
-        maps = pfv.feature_maps(size)
+        maps = pfv.maps(size)
         print(f"wrote {out} with {len(maps)} extra output{'s' if len(maps) != 1 else ''}:", file=sys.stderr)
         for m in maps:
             role = getattr(m.role, "value", m.role)

@@ -49,8 +49,10 @@ def colour_key(k: int) -> str:
     return f'<div class="ckey" aria-label="colour key">{"".join(items)}</div>'
 
 
-def _keyline(k: int) -> str:
+def _keyline(k: int, typical: tuple[float, ...] | None) -> str:
     parts = []
+    if typical is not None and len(typical) == 3:
+        parts.append(f'<span title="the median colour of this group\'s maps: most places are weak or average">typical (neutral) here<i style="background:{css_rgb(typical)}"></i></span>')
     for c, (lo, _, hi) in enumerate(component_ends(k)):
         parts.append(f'<i style="background:{css_rgb(hi)}"></i>{c + 1}+<i style="background:{css_rgb(lo)}"></i>{c + 1}−')
     return " ".join(parts)
@@ -85,11 +87,13 @@ class Page:
         max_pixels = int(((report or {}).get("preprocessing") or {}).get("max_pixels") or 100_000_000)
         self.files = Pictures(outdir, max_pixels)
         self.k = int(((report or {}).get("pfv") or {}).get("k") or 3)
+        self.typical: dict[int, tuple[float, ...]] = {}  # per group: the median colour of its maps, where most places are weak
 
     # -- audit flags -----------------------------------------------------------------------
 
-    def _colours(self, images: list[dict[str, Any]]) -> np.ndarray | None:
-        """(n, drawn channels) mean map colour per image: pfv.npz's ``rgb`` when it holds one, else the map thumbnails."""
+    def _colours(self, images: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray] | None:
+        """Per image, the mean and the median colour of its map (n, 3), R, G, B in [0, 1]: from
+        pfv.npz's ``rgb`` when it holds one (float or uint8), else from the map thumbnails."""
         import cv2
 
         name = ((self.report or {}).get("outputs") or {}).get("npz")
@@ -98,10 +102,12 @@ class Page:
             try:
                 with np.load(self.outdir / name, allow_pickle=False) as z:
                     if "rgb" in z.files and z["rgb"].ndim == 4 and max(rows, default=-1) < z["rgb"].shape[0]:
-                        return mean_colours(z["rgb"][rows])
+                        rgb = z["rgb"][rows]
+                        scale = 255.0 if rgb.dtype == np.uint8 else 1.0
+                        return mean_colours(rgb), np.median(rgb.reshape(len(rows), -1, rgb.shape[-1]), axis=1) / scale
             except (OSError, ValueError):
                 pass
-        out = []
+        means, medians = [], []
         for rec in images:
             rel = (rec.get("outputs") or {}).get("thumb_map") or (rec.get("outputs") or {}).get("map")
             pic = cv2.imread(str(self.outdir / rel), cv2.IMREAD_COLOR) if self.files.exists(rel) else None
@@ -111,16 +117,23 @@ class Page:
             if crop and size[0] and size[1]:
                 sy, sx = pic.shape[0] / float(size[0]), pic.shape[1] / float(size[1])
                 pic = pic[round(crop[1] * sy) : max(round(crop[3] * sy), 1), round(crop[0] * sx) : max(round(crop[2] * sx), 1)]
-            out.append(pic.reshape(-1, 3).mean(axis=0)[::-1] / 255.0)
-        return np.asarray(out)[:, : min(self.k, 3) if self.k > 1 else 1]
+            px = pic.reshape(-1, 3)[:, ::-1] / 255.0
+            means.append(px.mean(axis=0))
+            medians.append(np.median(px, axis=0))
+        return np.asarray(means), np.asarray(medians)
 
     def _flags(self, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
         preds = [r.get("prediction") if isinstance(r.get("prediction"), dict) else {} for r in images]
-        colours = self._colours(images) if images else None
-        if colours is None:
+        found = self._colours(images) if images else None
+        if found is None:
             colours = np.zeros((len(images), 1))
             if images:
                 self.files.notes.append("the maps could not be read: no image is flagged as atypical")
+        else:
+            colours = found[0][:, : min(self.k, 3) if self.k > 1 else 1]
+            for g in {int(r.get("group", 0)) for r in images}:
+                idx = [i for i, r in enumerate(images) if int(r.get("group", 0)) == g]
+                self.typical[g] = tuple(float(v) for v in np.median(found[1][idx], axis=0)[:3])
         flags: AuditFlags = audit_flags(colours, [p.get("class") for p in preds], [p.get("score") for p in preds], [int(r.get("group", 0)) for r in images])
         return [flags.record(i) for i in range(len(images))]
 
@@ -291,7 +304,7 @@ class Page:
             parts.append(
                 fill(
                     "group.html",
-                    g=g, title=e(title), sub=e(f"{sub} · {len(recs)} image{'s' if len(recs) != 1 else ''}"), keyline=_keyline(self.k),
+                    g=g, title=e(title), sub=e(f"{sub} · {len(recs)} image{'s' if len(recs) != 1 else ''}"), keyline=_keyline(self.k, self.typical.get(g)),
                     chart=spectrum_svg(ratios, sections.decomposed_channels(report), bool(pfv.get("basis"))) if ratios else "",
                     legend=self._legend(g, entries, comps) if comps is not None else "<p class=muted>not available</p>", cards=cards,
                 )

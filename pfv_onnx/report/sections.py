@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from .assets import Pictures
-from .fmt import e, kv, list_text, num, pct, seconds, url
+from .fmt import e, kv, list_text, num, seconds, url
 
 
 def facts(report: dict[str, Any] | None, sanity: dict[str, Any] | None, files: Pictures) -> str:

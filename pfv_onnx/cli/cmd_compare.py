@@ -1,0 +1,201 @@
+"""Compare what two models look at: a reference and a converted, quantised or fine-tuned copy.
+
+Both models explain the same images, each with its own preprocessing (from its metadata and
+the options; --candidate-* options override the candidate's). The candidate's PFV is put
+into the reference's colour space: projected onto the reference's principal basis when the
+channels are the same (decided from their correlations over the images), else rotated onto
+it by orthogonal Procrustes. Per image, drift = 1 - the Pearson correlation of the two
+component maps; over the set, linear CKA of the two decomposed maps. Writes compare.json,
+a picture per image (image | reference | candidate | difference), compare_mosaic.png (the
+most-changed images) and compare.html.
+
+Exit codes: 0 done (and under --fail-over); 1 some inputs failed (the others compared);
+2 usage or model error; 3 the compared drift exceeds --fail-over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from pathlib import Path
+from typing import Any
+
+from . import _args
+
+REPORT = "compare.json"
+MOSAIC = "compare_mosaic.png"
+PAGE = "compare.html"
+PICTURES = "compare_images"
+EXIT_DRIFT = 3
+THUMB_WIDTH = 720  # px of the side-by-side pictures embedded in the page
+PAGE_PICTURES = 200  # the most-changed images get a picture in the page; the rest a row
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reference", metavar="REFERENCE", help="the reference ONNX model (the one that was checked)")
+    parser.add_argument("candidate", metavar="CANDIDATE", help="the ONNX model compared with it (converted, quantised, fine-tuned, ...)")
+    _args.add_input_options(parser)
+    _args.add_model_options(parser, positional=False)
+    _args.add_output_options(parser)
+    _args.add_pfv_options(parser)
+    _args.add_preprocessing_options(parser)
+    _args.add_runtime_options(parser)
+    c = parser.add_argument_group("candidate", "Where the candidate differs from the reference (default: as the reference's options, its own metadata)")
+    c.add_argument("--candidate-layer", metavar="NAME", help="the candidate's tensor to decompose")
+    c.add_argument("--candidate-weight-layers", metavar="NAMES", action="append", help="the candidate's weighting tensors ('none' for none)")
+    c.add_argument("--candidate-input-name", metavar="NAME", help="the candidate's image input")
+    c.add_argument("--candidate-preset", choices=_args.PRESET_NAMES, help="the candidate's preprocessing preset")
+    c.add_argument("--candidate-mean", type=_args.float_list, metavar="M[,M,M]", help="the candidate's per-channel mean")
+    c.add_argument("--candidate-std", type=_args.float_list, metavar="S[,S,S]", help="the candidate's per-channel std")
+    order = c.add_mutually_exclusive_group()
+    order.add_argument("--candidate-bgr", dest="candidate_color_order", action="store_const", const="BGR", help="feed the candidate B, G, R")
+    order.add_argument("--candidate-rgb", dest="candidate_color_order", action="store_const", const="RGB", help="feed the candidate R, G, B")
+    c.add_argument(
+        "--candidate-pixel-range", type=lambda t: float(t) if t in ("1", "255") else t, choices=(1.0, 255.0), metavar="{1,255}",
+        help="the candidate's pixel range",
+    )
+    c.add_argument("--candidate-size", type=_args.size_hw, metavar="N|HxW", help="the candidate's input size")
+    c.add_argument("--candidate-resize", choices=("stretch", "crop"), help="the candidate's resize mode")
+    g = parser.add_argument_group("comparison")
+    g.add_argument(
+        "--channels", choices=("auto", "same", "procrustes"), default="auto",
+        help="auto (default): projection onto the reference's basis when the channels correlate one to one, else Procrustes",
+    )
+    g.add_argument("--fail-over", type=_args.unit_float, metavar="D", help=f"exit {EXIT_DRIFT} when the compared drift exceeds D (a gate for CI)")
+    g.add_argument("--fail-quantile", type=_args.unit_float, metavar="Q", help="compare this quantile of the drifts (0..1) instead of the largest")
+    g.add_argument("--mosaic-count", type=_args.positive_int, default=8, metavar="N", help="images in the mosaic of the most changed (default 8)")
+
+
+_CANDIDATE_FIELDS = ("layer", "weight_layers", "input_name", "preset", "mean", "std", "color_order", "pixel_range", "size", "resize")
+
+
+def candidate_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The options as they apply to the candidate: the reference's, with each --candidate-* given instead."""
+    out = copy.copy(args)
+    for name in _CANDIDATE_FIELDS:
+        value = getattr(args, f"candidate_{name}", None)
+        if value is not None:
+            setattr(out, name, value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import __version__, compare, compare_report
+    from ..errors import InputError, PfvError
+    from ..inputs import collect_images, crop_box, decode_image, preprocess, stack_batch
+    from ..outputs import atomic_write_bytes, atomic_write_text, unique_names, write_json
+    from ..render import encode_jpeg, encode_png
+
+    if args.fail_quantile is not None and args.fail_over is None:
+        raise InputError("--fail-quantile needs --fail-over D")
+    found = collect_images(args.inputs)
+    failures = [{"file": f, "reason": r} for f, r in found.missing]
+    if not found.files:
+        what = "; ".join(f"{x['file']}: {x['reason']}" for x in failures[:3]) or "nothing given"
+        raise InputError(f"no image files found ({what})")
+    cargs = candidate_args(args)
+    ref = _args.build_pfv(args, args.reference)
+    cand = _args.build_pfv(cargs, args.candidate)
+    config_r, config_c = _args.resolve(args, ref), _args.resolve(cargs, cand)
+    prep_r, prep_c = config_r.preprocessing, config_c.preprocessing
+
+    images, tensors_r, tensors_c = [], [], []
+    for path in found.files:
+        try:
+            img = decode_image(path, max_pixels=args.max_pixels)
+            tensors_r.append(preprocess(img.bgr, prep_r))
+            tensors_c.append(preprocess(img.bgr, prep_c))
+            images.append(img)
+        except PfvError as exc:
+            failures.append({"file": str(path), "reason": " ".join(str(exc).split())})
+    if not images:
+        raise InputError(f"none of the {len(found.files)} images could be read ({failures[0]['file']}: {failures[0]['reason']})")
+    result = compare.compare(
+        ref, cand, stack_batch(tensors_r, prep_r.layout), stack_batch(tensors_c, prep_c.layout),
+        batch_size=args.batch_size, channels=args.channels,
+    )
+    del tensors_r, tensors_c
+
+    names = unique_names([img.path for img in images])
+    labels_r, labels_c = config_r.labels, config_c.labels or config_r.labels
+    outdir = Path(args.outdir)
+    try:
+        (outdir / PICTURES).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the output folder {outdir}: {exc.strerror or exc}") from None
+
+    rows: list[dict[str, Any]] = []
+    pictures: dict[str, Any] = {}
+    for i, (img, name) in enumerate(zip(images, names)):
+        lab_r = _label(labels_r, result.top1_reference[i], result.classes[0])
+        lab_c = _label(labels_c, result.top1_candidate[i], result.classes[1])
+        caption = f"{name}  drift {result.drift[i]:.3f}  reference: {lab_r or result.top1_reference[i]}  candidate: {lab_c or result.top1_candidate[i]}"
+        pic = compare_report.side_by_side(
+            img.bgr, result.reference_rgb[i], result.candidate_rgb[i],
+            crop_box(img.width, img.height, prep_r), crop_box(img.width, img.height, prep_c), caption,
+        )
+        rel = f"{PICTURES}/{name}.compare.png"
+        atomic_write_bytes(outdir / rel, encode_png(pic), durable=False)
+        pictures[name] = pic
+        rows.append({
+            "name": name, "file": str(img.path), "drift": float(result.drift[i]),
+            "top1_reference": result.top1_reference[i], "top1_candidate": result.top1_candidate[i],
+            "label_reference": lab_r, "label_candidate": lab_c, "picture": rel,
+        })
+    order = np.argsort(-result.drift, kind="stable")
+    most = [pictures[names[j]] for j in order[: args.mosaic_count]]
+    atomic_write_bytes(outdir / MOSAIC, encode_png(compare_report.stack(most)), durable=False)
+
+    summary = result.summary()
+    exit_code = 1 if failures else 0
+    if args.fail_over is not None:
+        compared = result.compared_drift(args.fail_quantile)
+        failed = compared > args.fail_over
+        what = "largest drift" if args.fail_quantile is None else f"drift quantile {args.fail_quantile:g}"
+        summary["gate"] = {
+            "fail_over": args.fail_over, "quantile": args.fail_quantile, "compared_drift": compared, "failed": failed,
+            "verdict": f"{what} {compared:.4f} {'exceeds' if failed else 'is within'} --fail-over {args.fail_over:g}",
+        }
+        if failed:
+            exit_code = EXIT_DRIFT
+    summary["preprocessing"] = {"reference": config_r.to_dict(), "candidate": config_c.to_dict()}
+    summary["models"] = {
+        "reference": {"path": str(Path(args.reference).resolve()), "sha256": ref.model_sha256},
+        "candidate": {"path": str(Path(args.candidate).resolve()), "sha256": cand.model_sha256},
+    }
+    thumbs = {}
+    for j in order[:PAGE_PICTURES]:
+        pic = pictures[names[j]]
+        import cv2
+
+        small = cv2.resize(pic, (THUMB_WIDTH, round(pic.shape[0] * THUMB_WIDTH / pic.shape[1])), interpolation=cv2.INTER_AREA)
+        thumbs[names[j]] = encode_jpeg(small, quality=85)
+    write_json(outdir / REPORT, {"pfv_onnx_version": __version__, "images": rows, "failures": failures, "summary": summary})
+    atomic_write_text(outdir / PAGE, compare_report.page(summary, rows, thumbs, f"{Path(args.reference).name} vs {Path(args.candidate).name}"))
+    if not args.quiet:
+        _print_summary(summary, outdir, len(failures))
+    return exit_code
+
+
+def _label(labels: Any, c: int | None, classes: int | None) -> str | None:
+    from ..predictions import label_for
+
+    return None if c is None or classes is None else label_for(labels, c, classes)
+
+
+def _print_summary(summary: dict[str, Any], outdir: Path, failed: int) -> None:
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{float(v):.4f}"
+
+    lines = [
+        f"compared {summary['images']} images ({summary['channels']} channels: {summary['channel_evidence']['reason']})",
+        f"drift mean {num(summary['drift_mean'])}, max {num(summary['drift_max'])}; top-1 agreement {num(summary['top1_agreement'])}; CKA {num(summary['cka'])}",
+    ]
+    if "gate" in summary:
+        lines.append(summary["gate"]["verdict"])
+    if failed:
+        lines.append(f"{failed} input(s) failed: see {outdir / REPORT}")
+    lines.append(f"results in {outdir}")
+    print("\n".join(lines))
