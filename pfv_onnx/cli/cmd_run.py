@@ -166,7 +166,7 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
         overlay_format=getattr(args, "overlay_format", "auto"), html=not getattr(args, "no_html", False), max_pixels=args.max_pixels,
         npz_precision=npz_precision, overwrite=bool(getattr(args, "overwrite", False)), ray=ray_options, show_progress=not args.quiet,
         on_start=lambda: _start(args, pfv, title, files, prep.size, report),
-        on_class_plan=lambda sizes: _preamble.class_groups(report, sizes),
+        on_class_plan=lambda sizes: _preamble.class_groups(report, sizes, args.quiet),
     )  # fmt: skip
     summary = runplan.execute(job)
     done = summary.report
@@ -192,6 +192,6 @@ def _start(args: argparse.Namespace, pfv: Any, title: str, files: list[Path], si
     analysis's own warnings, and the provenance of the inputs."""
     warnings = _preamble.preamble(args, pfv, title, len(files))
     found = [w for w in getattr(pfv.analysis(size), "warnings", []) if w not in warnings]
-    _preamble.say(found, warning=True)
+    _preamble.say(found, args.quiet, warning=True)
     report["warnings"] = [*warnings, *found]
     report["provenance"] = provenance(files)
