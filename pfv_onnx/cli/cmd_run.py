@@ -468,8 +468,9 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                 if feature_maps is None:
                     feature_maps = list(res.feature_maps)
                     report["feature_maps"] = [_map_record(m) for m in (res.maps or [])] or [{"name": n} for n in feature_maps]
-                    report["warnings"] = list(getattr(pfv.analysis(input_hw), "warnings", []))
-                    for w in report["warnings"] if not args.quiet else []:
+                    found = [w for w in getattr(pfv.analysis(input_hw), "warnings", []) if w not in report["warnings"]]
+                    report["warnings"] = [*report["warnings"], *found]  # after the preamble's, not instead of them
+                    for w in found if not args.quiet else []:
                         bar.write(f"pfv-onnx run: warning: {w}", file=sys.stderr)
                 preds, pred_output = predictions(res.outputs, len(ok), labels, getattr(pfv, "output_names", None))
 
