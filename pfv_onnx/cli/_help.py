@@ -41,7 +41,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
 }
 """Per command: (command line, what it does), shown at the end of ``COMMAND --help``."""
 
-QUIET_HELP = "print only warnings and errors on stderr: no preamble, progress bar or summary"
+QUIET_HELP = "print only errors on stderr: no preamble, warnings (report.json keeps them), progress bar or summary"
 """The one meaning of -q/--quiet in every command (results a command prints on stdout stay)."""
 
 
