@@ -76,11 +76,12 @@ def group_warnings(sizes: Sequence[int], *, by_class: bool = False) -> list[str]
 
 
 def run_warnings(args: argparse.Namespace, pfv: PFV, config: ResolvedConfig, n_images: int | None = None) -> list[str]:
-    """The warnings known before a run starts: labels that do not fit the classes, an
-    ambiguous ``--layer``, groups too small for a meaningful decomposition."""
+    """The warnings known before a run starts: the map choice's own (a weak choice), labels
+    that do not fit the classes, an ambiguous ``--layer``, groups too small for a meaningful
+    decomposition."""
     from ..predictions import labels_fit
 
-    out = []
+    out = list(getattr(pfv.analysis(config.size), "warnings", None) or [])  # where the map choice is weak
     classes = class_count(pfv)
     if not labels_fit(config.labels, classes):
         out.append(

@@ -461,16 +461,12 @@ def execute(args: argparse.Namespace, *, title: str = "pfv-onnx run") -> int:
                 g += 1
 
                 t0 = time.perf_counter()
-                input_hw = passes[0].input_hw
                 res = pfv.decompose(passes, basis=fitted)
                 timings["decompose_s"] += time.perf_counter() - t0
                 del passes
                 if feature_maps is None:
                     feature_maps = list(res.feature_maps)
                     report["feature_maps"] = [_map_record(m) for m in (res.maps or [])] or [{"name": n} for n in feature_maps]
-                    report["warnings"] = list(getattr(pfv.analysis(input_hw), "warnings", []))
-                    for w in report["warnings"] if not args.quiet else []:
-                        bar.write(f"pfv-onnx run: warning: {w}", file=sys.stderr)
                 preds, pred_output = predictions(res.outputs, len(ok), labels, getattr(pfv, "output_names", None))
 
                 t0 = time.perf_counter()
