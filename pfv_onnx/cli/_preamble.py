@@ -88,6 +88,7 @@ def run_warnings(args: argparse.Namespace, pfv: PFV, config: ResolvedConfig, n_i
             f"{len(config.labels or ())} labels ({config.sources['labels']}) for {classes} classes: predictions are shown "
             f"without names; give a file of {classes} names with --labels"
         )
+    out.extend(pfv.analysis(config.size).warnings)  # where the choice of maps is known to be weak
     ambiguous = _layer_ambiguity(getattr(args, "layer", None), pfv, config.size)
     if ambiguous:
         out.append(ambiguous)
