@@ -115,8 +115,8 @@ class ResolvedConfig:
     def labels_source(self) -> str | None:
         return self.sources["labels"] if self.labels else None
 
-    def describe(self) -> list[str]:
-        """One line per choice: ``name: value (source)``."""
+    def describe(self, keys: Sequence[str] | None = None) -> list[str]:
+        """One line per choice (``keys``, default all): ``name: value (source)``."""
         p = self.preprocessing
         values = {
             "size": f"{p.size[0]}x{p.size[1]}",
@@ -130,7 +130,7 @@ class ResolvedConfig:
             "labels": f"{len(self.labels)} names" if self.labels else "none",
             "provider": self.provider,
         }
-        return [f"{k}: {v} ({self.sources[k]})" for k, v in values.items()]
+        return [f"{k}: {values[k]} ({self.sources[k]})" for k in (keys or values)]
 
     def to_dict(self) -> dict[str, Any]:
         return {

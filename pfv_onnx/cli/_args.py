@@ -330,7 +330,8 @@ def build_preprocessing(args: argparse.Namespace, pfv: PFV) -> tuple[Preprocessi
     Returns the recipe and notes on where each choice came from.
     """
     config = resolve(args, pfv)
-    return config.preprocessing, [*config.notes, *config.describe()[:-2]]
+    keys = ("size", "preset", "color_order", "mean", "std", "pixel_range", "resize", "layout")
+    return config.preprocessing, [*config.notes, *config.describe(keys)]
 
 
 def read_labels(path: str | None, pfv: PFV | None = None) -> tuple[list[str] | None, str | None]:

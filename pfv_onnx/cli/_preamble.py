@@ -23,7 +23,7 @@ MIN_GROUP = 5
 images were drawn. Measured on EfficientNet-Lite0 (tools/group_size_stability.py): the top-3
 subspace of groups of 1-3 photos shares on average 0.13-0.46 of the whole set's, the worst
 groups 0.01-0.11 (unrelated subspaces: 0.002); from 5 images no drawn group fell below 0.19, from
-8 none below 0.45 (docs/PERFORMANCE.md)."""
+8 none below 0.41 (docs/PERFORMANCE.md)."""
 
 
 def class_count(pfv: PFV) -> int | None:
@@ -76,11 +76,12 @@ def group_warnings(sizes: Sequence[int], *, by_class: bool = False) -> list[str]
 
 
 def run_warnings(args: argparse.Namespace, pfv: PFV, config: ResolvedConfig, n_images: int | None = None) -> list[str]:
-    """The warnings known before a run starts: labels that do not fit the classes, an
-    ambiguous ``--layer``, groups too small for a meaningful decomposition."""
+    """The warnings known before a run starts: the map choice's own (a weak choice), labels
+    that do not fit the classes, an ambiguous ``--layer``, groups too small for a meaningful
+    decomposition."""
     from ..predictions import labels_fit
 
-    out = []
+    out = list(getattr(pfv.analysis(config.size), "warnings", None) or [])  # where the map choice is weak
     classes = class_count(pfv)
     if not labels_fit(config.labels, classes):
         out.append(
