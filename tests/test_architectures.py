@@ -43,6 +43,10 @@ XFAIL: dict[tuple[str, str], str] = {
         "weighting maps at 83x83 and 39x39 (outputs of unpadded 3x3 convolutions) are not the 171 px input "
         "divided by a whole stride (85.5 and 42.75)"
     ),
+    ("exporters", "swin_v2"): (
+        "the weighting maps are Swin-V2 stage outputs whose channel sums are float noise (about 1e-6: every "
+        "residual branch ends in a LayerNorm, zero-mean with these weights), so two exports weight differently"
+    ),
 }
 
 
