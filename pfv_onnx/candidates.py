@@ -81,18 +81,23 @@ def _map_graph(g: GraphIndex, input_name: str, input_layout: Layout) -> MapGraph
         carried = grids.propagate(g, layouts, data, input_name)
         out = {}
         for t, c in carried.items():
-            if t not in layouts:
+            if t not in layouts or names.get(t) in grids.REGROUP:
                 v = grids.view(c, names, layouts)
                 if v is not None:
                     out[t] = v
         return out
 
-    layouts = propagate_layouts(g, input_name, input_layout)
-    views = views_of(layouts)
-    made = {t: v.layout for t, v in views.items() if v.kind == "map"}
-    if made:  # maps made by regrouping: their layout spreads like any other's
-        layouts = propagate_layouts(g, input_name, input_layout, known=made)
-        views = {**{t: v for t, v in views.items() if v.kind == "map"}, **views_of(layouts)}
+    # Maps made by regrouping get a layout that spreads like any other's, which can make more.
+    made: dict[str, grids.GridView] = {}
+    for _ in range(16):
+        layouts = propagate_layouts(g, input_name, input_layout, known={t: v.layout for t, v in made.items()})
+        views = views_of(layouts)
+        new = {t: v for t, v in views.items() if v.kind == "map" and t not in made and t not in layouts}
+        made.update({t: v for t, v in views.items() if v.kind == "map" and t in layouts})
+        if not new:
+            break
+        made.update(new)
+    views = {**made, **{t: v for t, v in views.items() if v.kind == "tokens"}}
     return MapGraph(g, input_name, layouts, views, reach)
 
 

@@ -113,8 +113,8 @@ def compare(
     ref_passes = [reference.forward(reference_batch[i : i + step]) for i in range(0, n, step)]
     cand_passes = [candidate.forward(candidate_batch[i : i + step]) for i in range(0, n, step)]
     ref_res = reference.decompose(ref_passes, k=k)
-    E_r = _gather([p.decomposed for p in ref_passes])
-    E_c = _gather([p.decomposed for p in cand_passes])
+    E_r = _gather([p.activations for p in ref_passes])
+    E_c = _gather([p.activations for p in cand_passes])
     grid = tuple(E_r.shape[2:])
     E_c_grid = resample(E_c, grid)  # type: ignore[arg-type]
     evidence = channel_evidence(E_r, E_c_grid)
@@ -155,7 +155,7 @@ def compare(
         reference_rgb=ref_rgb,
         candidate_rgb=cand_rgb,
         reference_maps=list(ref_res.feature_maps),
-        candidate_maps=[fm.name for fm in candidate.feature_maps(cand_passes[0].input_hw)],
+        candidate_maps=candidate.feature_maps(cand_passes[0].input_hw),
         grid=grid,  # type: ignore[arg-type]
         candidate_grid=tuple(E_c.shape[2:]),  # type: ignore[arg-type]
     )

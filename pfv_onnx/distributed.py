@@ -292,9 +292,10 @@ class RunForward:
     """The forward passes of ``run`` on Ray: an iterator of :class:`RunImage`, in input order.
 
     ``files[start:]`` go to a Ray Data ``map_batches`` over :class:`RunPass` in batches of
-    ``batch_size``; results stream back in whatever order the actors finish and are handed
-    out in file order (only batches that came back early wait on the driver). ``close()``
-    shuts down a local cluster started here.
+    ``batch_size``. Ray Data keeps the input order (``preserve_order``), so the driver holds
+    at most one actor batch (:attr:`buffered`) however slow an early batch is: results that
+    finish early wait in Ray's object store, under its own backpressure, not in the
+    driver's memory. ``close()`` shuts down a local cluster started here.
     """
 
     def __init__(
@@ -332,6 +333,7 @@ class RunForward:
         rows = [{"index": i, "path": str(Path(files[i]).resolve())} for i in range(start, self._end)]
         # About one block per batch, so that results come back batch by batch, not a whole block at a time.
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(n, -(-n // batch_size))))
+        ds.context.execution_options.preserve_order = True  # this dataset's own copy of the context
         mapped = ds.map_batches(
             RunPass,
             fn_constructor_kwargs={
@@ -344,6 +346,11 @@ class RunForward:
             **per_actor,
         )
         self._batches = iter(mapped.iter_batches(batch_size=None, batch_format="numpy"))
+
+    @property
+    def buffered(self) -> int:
+        """Images whose results came back and wait on the driver for their turn."""
+        return len(self._ready)
 
     def __iter__(self) -> RunForward:
         return self
@@ -390,9 +397,10 @@ class RunForward:
 def gather_rows(parts: Sequence[tuple[Any, int]]) -> Any:
     """One ``ForwardPass`` of the given ``(pass, row)`` pairs, rows in the order given.
 
-    A run of consecutive rows of one pass is taken as a slice; a whole pass is used as it is.
+    A whole pass is used as it is. Works on the host and on the device (NumPy or CuPy arrays).
     """
     from .pipeline import ForwardPass
+    from .xp import array_module
 
     pieces: list[tuple[Any, list[int]]] = []
     for fp, row in parts:
@@ -405,19 +413,20 @@ def gather_rows(parts: Sequence[tuple[Any, int]]) -> Any:
         if rows == list(range(fp.n)):
             taken.append(fp)
             continue
-        idx = np.asarray(rows)
         taken.append(
             ForwardPass(
-                decomposed=fp.decomposed[idx], weights=[w[idx] for w in fp.weights],
-                outputs={k: v[idx] for k, v in fp.outputs.items()}, input_hw=fp.input_hw,
+                decomposed=fp.decomposed[array_module(fp.decomposed).asarray(rows)],
+                weights=[w[array_module(w).asarray(rows)] for w in fp.weights],
+                outputs={k: v[np.asarray(rows)] for k, v in fp.outputs.items()}, input_hw=fp.input_hw,
             )
         )  # fmt: skip
     if len(taken) == 1:
         return taken[0]
     first = taken[0]
+    xp = array_module(first.decomposed)
     return ForwardPass(
-        decomposed=np.concatenate([t.decomposed for t in taken]),
-        weights=[np.concatenate([t.weights[i] for t in taken]) for i in range(len(first.weights))],
+        decomposed=xp.concatenate([t.decomposed for t in taken]),
+        weights=[array_module(first.weights[i]).concatenate([t.weights[i] for t in taken]) for i in range(len(first.weights))],
         outputs={k: np.concatenate([t.outputs[k] for t in taken]) for k in first.outputs},
         input_hw=first.input_hw,
     )

@@ -1,11 +1,12 @@
 """A read-only index over an ONNX graph with its input pinned: nodes in topological order,
 producer and consumers of each tensor, tensor types and shapes, and the constant tensors.
 
-The map analysis needs each node's position in one topological order (the cut test and the
-depths index by it) and the shapes from shape inference at one input size. onnx-graphsurgeon's
-``Graph`` has producers, consumers and ``toposort`` but no positions, and importing it converts
-every initializer; so the analysis indexes the protobuf directly, once per input size, and the
-rewrite (``rewrite.py``) uses onnx-graphsurgeon.
+Why not onnx-graphsurgeon's ``Graph``, which has producers, consumers and ``toposort``: the map
+analysis indexes everything by a node's *position* in one topological order (the cut test
+compares first and last uses, depths are longest paths), and by the shapes that shape inference
+gives at one pinned input size; over gs nodes the same position and shape maps would have to be
+built beside the graph. So the analysis indexes the protobuf it already has, and the rewrite
+(``rewrite.py``) edits with onnx-graphsurgeon.
 """
 
 from __future__ import annotations

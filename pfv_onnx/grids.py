@@ -31,7 +31,7 @@ ELEMENTWISE = {
     "Log", "Abs", "Neg", "Max", "Min", "Sum", "Mean", "Where", "Cast", "Identity", "Dropout", "Floor", "Ceil",
     "Round", "Sign", "Reciprocal", "FastGelu", "QuickGelu", "BiasGelu", "Swish", "Softmax", "LogSoftmax",
     "LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization",
-    "DequantizeLinear",
+    "QuantizeLinear", "DequantizeLinear",
 }
 REGROUP = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose"}
 
@@ -277,12 +277,13 @@ def propagate(g: GraphIndex, layouts: dict[str, Layout], data: set[str], input_n
             continue
         out = outs[0]
         oshape = g.shape(out)
-        if out in layouts and oshape is not None and len(oshape) == 4:
+        op = node.op_type
+        seeded = out in layouts and oshape is not None and len(oshape) == 4
+        if seeded and op not in REGROUP:
             carried[out] = Carried(seed(oshape, layouts[out]), out)
             continue
         if out not in data or oshape is None:
             continue
-        op = node.op_type
         first = node.input[0] if node.input else ""
         src = carried.get(first) if first in data else None
         new: Carried | None = None
@@ -314,6 +315,8 @@ def propagate(g: GraphIndex, layouts: dict[str, Layout], data: set[str], input_n
                 if x in data and x in carried and g.shape(x) == oshape:
                     new = carried[x]
                     break
-        if new is not None:
-            carried[out] = new
+        if new is not None and (not seeded or view(new, {}, layouts) is not None):
+            carried[out] = new  # a regrouped map keeps the record of how its grid was made
+        elif seeded:
+            carried[out] = Carried(seed(oshape, layouts[out]), out)
     return carried

@@ -35,6 +35,7 @@ def propagate_layouts(g: GraphIndex, input_name: str, forced: Layout | None, kno
     """Layout of every rank-4 tensor reachable from the image input, where the graph determines it.
 
     ``known``: layouts found otherwise (maps that Reshapes make, see ``grids``), spread from here on.
+    Reshapes are left to ``grids``, which follows their axes instead of guessing from shapes.
     """
     layout: dict[str, Layout] = dict(known or {})
     if forced is not None:
@@ -87,38 +88,11 @@ def propagate_layouts(g: GraphIndex, input_name: str, forced: Layout | None, kno
                         for x in ins:
                             if tuple(g.info[x].shape) == tuple(g.info[outs[0]].shape):  # type: ignore[arg-type]
                                 new[x] = known_out[0]
-            elif outs and op in {"Reshape", "Squeeze", "Unsqueeze", "Flatten"}:
-                # A rank-4 result of reshaping keeps the layout of the nearest rank-4 ancestor with the
-                # same spatial dims at the same places (channel shuffles reshape through rank 5).
-                anc = _nearest_rank4_ancestor(g, node, layout)
-                if anc is not None:
-                    src, lay = anc
-                    a, b = lay.spatial_axes
-                    s_in, s_out = g.info[src].shape, g.info[outs[0]].shape
-                    if s_in is not None and s_out is not None and (s_in[a], s_in[b]) == (s_out[a], s_out[b]) and s_in[0] == s_out[0]:
-                        new[outs[0]] = lay
             for name, lay in new.items():
                 if name not in layout:
                     layout[name] = lay
                     changed = True
     return layout
-
-
-def _nearest_rank4_ancestor(g: GraphIndex, node: onnx.NodeProto, layout: dict[str, Layout]) -> tuple[str, Layout] | None:
-    frontier = [node]
-    seen = 0
-    while frontier and seen < 8:
-        seen += 1
-        nxt = []
-        for n in frontier:
-            data = n.input[:1] if n.op_type in {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten"} else []
-            for x in data:
-                if x in layout:
-                    return x, layout[x]
-                if x in g.producer:
-                    nxt.append(g.nodes[g.producer[x]])
-        frontier = nxt
-    return None
 
 
 def rank4(g: GraphIndex, name: str) -> bool:

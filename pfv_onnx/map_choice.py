@@ -170,10 +170,14 @@ def _auto_decomposed(m: MapGraph, spatial: list[FeatureMap], by_name: dict[str, 
     head = f"{node.op_type} {node.name or node.output[0]!r}"
     start = tensor
     tensor, moved, skipped = _walk_back(m, tensor)
+    collapse = "collapses space into the head"
+    if start in m.views and m.views[start].kind == "tokens":
+        collapse = {"Gather": "takes single tokens out of the sequence into the head", "Slice": "takes single tokens out of the sequence into the head",
+                    "ReduceMean": "pools the tokens into the head"}.get(node.op_type, "turns the tokens into the head's input")
     if tensor == start:
-        reason = f"input of {head}, where the network collapses space into its head"
+        reason = f"input of {head}, which {collapse}"
     else:
-        reason = (f"{head} collapses space into the head; its input {start!r} is this map after "
+        reason = (f"{head} {collapse}; its input {start!r} is this map after "
                   f"{', '.join(moved + skipped)}, which only move data, drop special tokens or downsample")
     if tensor not in by_name:
         found = _deepest_candidate_before(g, tensor, by_name)
@@ -311,7 +315,8 @@ def _auto_weighting(m: MapGraph, spatial: list[FeatureMap], decomposed: FeatureM
         by_res.setdefault(fm.hw, []).append(fm)
     chosen = []
     for res, fms in by_res.items():
-        post = [fm for fm in fms if fm.op in ACTIVATIONS]
+        post = [fm for fm in fms if fm.op in ACTIVATIONS or fm.grid_from]  # a regrouped map holds an activation
+
         pick = post[-1] if post else fms[-1]
         kind = f"activation ({pick.op})" if post else f"raw output of {pick.op} (no activation at this resolution)"
         chosen.append(

@@ -16,7 +16,7 @@ import re
 import tempfile
 import unicodedata
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -115,32 +115,72 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     return atomic_write_text(path, text)
 
 
-def npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    """An uncompressed ``.npz`` archive readable by :func:`numpy.load` without pickle.
+def _npz_entry(zf: zipfile.ZipFile, key: str, header: dict[str, Any], blocks: Iterable[bytes | memoryview], deflate: bool) -> None:
+    """One ``KEY.npy`` entry: a ``.npy`` header and the array's bytes, with a fixed timestamp
+    (so equal arrays give equal archives)."""
+    info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    info.external_attr = 0o644 << 16
+    with zf.open(info, "w", force_zip64=True) as out:
+        if _fits_v1(header):  # numpy writes format 1.0 unless the header is too long for it
+            np.lib.format.write_array_header_1_0(out, header)
+        else:
+            np.lib.format.write_array_header_2_0(out, header)
+        for block in blocks:
+            out.write(block)
 
-    Float maps barely compress (about 10%) and deflating them cost more than the whole PFV
-    computation, so entries are stored.
 
-    Unlike :func:`numpy.savez_compressed`, entries carry a fixed timestamp, so the same
-    arrays always give the same bytes.
+def _array_entry(arr: np.ndarray) -> tuple[dict[str, Any], list[memoryview]]:
+    arr = arr if arr.flags.c_contiguous else arr.copy(order="C")  # not ascontiguousarray: it makes a 0-d array 1-d
+    if arr.dtype == object:
+        raise TypeError("an array of dtype object; store strings as a fixed-width str array")
+    header = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False, "shape": arr.shape}
+    return header, [memoryview(arr.reshape(-1).view(np.uint8))] if arr.size else []  # the bytes, not copied
+
+
+def _write_npz_to(raw: BinaryIO, arrays: Mapping[str, Any], deflate: Iterable[str]) -> None:
+    packed = set(deflate)
+    with zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED, compresslevel=1) as zf:  # level 1: near level 6 in size on 8-bit maps, at half the time
+        for key, value in arrays.items():
+            header, blocks = value.entry() if isinstance(value, _Spooled) else _array_entry(np.asarray(value))
+            _npz_entry(zf, key, header, blocks, key in packed)
+
+
+def npz_bytes(arrays: Mapping[str, np.ndarray], *, deflate: Iterable[str] = ()) -> bytes:
+    """A ``.npz`` archive readable by :func:`numpy.load` without pickle.
+
+    Entries are stored uncompressed unless named in ``deflate``: float maps barely compress
+    (about 10%) and deflating them cost more than the whole PFV computation, while 8-bit
+    maps shrink several times. Unlike :func:`numpy.savez`, entries carry a fixed
+    timestamp, so the same arrays always give the same bytes.
     """
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
-        for key in arrays:
-            arr = np.asarray(arrays[key])
-            if arr.dtype == object:
-                raise TypeError(f"array {key!r} has dtype object; store strings as a fixed-width str array")
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_STORED
-            info.external_attr = 0o644 << 16
-            with zf.open(info, "w", force_zip64=True) as f:
-                np.lib.format.write_array(f, arr, allow_pickle=False)
+    _write_npz_to(buf, arrays, deflate)
     return buf.getvalue()
 
 
-def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
-    """Write :func:`npz_bytes` atomically."""
-    return atomic_write_bytes(path, npz_bytes(arrays))
+def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], *, deflate: Iterable[str] = ()) -> Path:
+    """Write :func:`npz_bytes` atomically; values may also be :meth:`RowSpool.rows` of spooled arrays."""
+    with atomic_file(path) as raw:
+        _write_npz_to(raw, arrays, deflate)
+    return Path(path)
+
+
+class _Spooled:
+    """The rows of one spooled array, read back block by block into an archive."""
+
+    def __init__(self, name: str, dtype: np.dtype, shape: tuple[int, ...]):
+        self.name, self.dtype, self.shape = name, dtype, shape
+
+    def entry(self) -> tuple[dict[str, Any], Iterator[bytes]]:
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+
+        def blocks() -> Iterator[bytes]:
+            with open(self.name, "rb") as src:
+                while block := src.read(1 << 22):
+                    yield block
+
+        return header, blocks()
 
 
 class RowSpool:
@@ -148,8 +188,8 @@ class RowSpool:
 
     Memory stays bounded by one group however many groups a run has: each
     :meth:`append` writes its rows to a temporary file beside the target, and
-    :meth:`write` streams them into the archive, which is byte-identical to
-    :func:`write_npz` of the concatenated arrays.
+    :func:`write_npz` of :meth:`rows` streams them into the archive, byte-identical to
+    the archive of the concatenated arrays.
     """
 
     def __init__(self, folder: str | os.PathLike[str]):
@@ -166,40 +206,17 @@ class RowSpool:
         f, dtype, tail, n = self._parts[key]
         if rows.shape[1:] != tail or rows.dtype != dtype:
             raise ValueError(f"rows for {key!r} have shape {rows.shape[1:]} {rows.dtype}, earlier ones {tail} {dtype}")
-        f.write(memoryview(rows).cast("B") if rows.size else b"")  # no copy of the rows
+        f.write(memoryview(rows.reshape(-1).view(np.uint8)) if rows.size else b"")  # no copy of the rows
         self._parts[key] = (f, dtype, tail, n + rows.shape[0])
 
     def keys(self) -> list[str]:
         return list(self._parts)
 
-    def write(self, path: str | os.PathLike[str], extra: Mapping[str, np.ndarray] | None = None, order: Sequence[str] | None = None) -> Path:
-        """Write the spooled arrays (and ``extra`` small arrays) as one archive, atomically.
-
-        ``order`` lists the entry names in archive order (default: spooled, then extra).
-        """
-        extra = dict(extra or {})
-        names = list(order) if order is not None else [*self._parts, *extra]
-        target = Path(path)
-        with atomic_file(target) as raw, zipfile.ZipFile(raw, "w", compression=zipfile.ZIP_STORED) as zf:
-            for key in names:
-                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_STORED
-                info.external_attr = 0o644 << 16
-                with zf.open(info, "w", force_zip64=True) as out:
-                    if key in extra:
-                        np.lib.format.write_array(out, np.asarray(extra[key]), allow_pickle=False)
-                        continue
-                    f, dtype, tail, n = self._parts[key]
-                    f.flush()
-                    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n, *tail)}
-                    np.lib.format.write_array_header_1_0(out, header) if _fits_v1(header) else np.lib.format.write_array_header_2_0(out, header)
-                    with open(f.name, "rb") as src:
-                        while True:
-                            block = src.read(1 << 22)
-                            if not block:
-                                break
-                            out.write(block)
-        return target
+    def rows(self, key: str) -> _Spooled:
+        """The spooled rows of ``key``, for :func:`write_npz`."""
+        f, dtype, tail, n = self._parts[key]
+        f.flush()
+        return _Spooled(f.name, dtype, (n, *tail))
 
     def close(self) -> None:
         """Delete the temporary files (call when done, also after an error)."""

@@ -620,6 +620,20 @@ def linear_two(channels: int = 5) -> GraphCase:
                      input_gains=tuple(float(g) for g in 1.5 ** -np.arange(channels)))
 
 
+def colour_classifier() -> onnx.ModelProto:
+    """A model whose class is the image's strongest colour channel (0, 1, 2 for the fed
+    channels R, G, B): the linear_two graph with its Gemm made the identity, so the logits
+    are the channel means."""
+    model = linear_two(channels=3).model
+    gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+    for init in model.graph.initializer:
+        if init.name == gemm.input[1]:
+            init.CopyFrom(numpy_helper.from_array(np.eye(3, dtype=np.float32), init.name))
+        elif init.name == gemm.input[2]:
+            init.CopyFrom(numpy_helper.from_array(np.zeros(3, np.float32), init.name))
+    return model
+
+
 def two_inputs() -> GraphCase:
     """Two inputs (an image and a scalar gain): without input_name the engine must refuse."""
     n = _Net(seed=16)

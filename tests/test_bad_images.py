@@ -62,10 +62,10 @@ def test_pixel_limit_is_configurable_and_exact():
 def test_pixel_limit_also_holds_when_the_header_says_nothing(monkeypatch):
     """A format whose size is only known after decoding is checked then (here: a PNG whose
     header parser is made to report no size)."""
-    import pfv_onnx.inputs as inputs
+    from pfv_onnx.inputs import decode, headers
 
     data = bad_inputs.png_bytes(bad_inputs.pattern_rgb(30, 40))
-    monkeypatch.setattr(inputs, "_read_header", lambda d: inputs._Header("png"))
+    monkeypatch.setattr(decode, "_read_header", lambda d: headers._Header("png"))
     with pytest.raises(BadImageError, match="after decoding"):
         decode_bytes(data, max_pixels=1000)
 

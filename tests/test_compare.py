@@ -22,9 +22,6 @@ from pfv_onnx.cli import main
 # largest drift of the copies that must pass (measured on the 7 photos plus 7 patched copies,
 # k = 3): byte copy 0, fp16 < 5e-5, int8 QDQ 0.076; twice the int8 copy's, rounded.
 D = 0.15
-# Tapping a QDQ or fp16 graph's maps changes how onnxruntime fuses or rounds it, which moves the
-# outputs slightly; the self-check says so, which is not what these tests look at.
-SELF_CHECK = pytest.mark.filterwarnings("ignore:the model's outputs change:RuntimeWarning")
 PATCH_AT = [(0.08, 0.08), (0.6, 0.6), (0.1, 0.65), (0.65, 0.1)]
 
 
@@ -148,7 +145,6 @@ def test_byte_copy_has_no_drift(derived, photos, tmp_path):
     assert 'src="http' not in page and "<link" not in page and "<script" not in page  # nothing fetched
 
 
-@SELF_CHECK
 def test_int8_copy_drifts_little(efficientnet_int8, photos, tmp_path):
     code, report = run_compare(efficientnet_int8, photos, tmp_path / "o")
     s = report["summary"]
@@ -157,12 +153,13 @@ def test_int8_copy_drifts_little(efficientnet_int8, photos, tmp_path):
     assert s["cka"] > 0.9
 
 
-@SELF_CHECK
 def test_fp16_copy_drifts_little(derived, photos, tmp_path):
     code, report = run_compare(derived["fp16"], photos, tmp_path / "o")
     s = report["summary"]
     assert code == 0, s
     assert s["channels"] == "same" and s["drift_max"] < D and s["top1_agreement"] == 1.0
+    # tapping an fp16 graph's maps changes its rounding: the self-check's note is reported, not raised
+    assert all("outputs change" in w for w in s["warnings"])
 
 
 def test_redrawn_late_layer_drifts_on_every_image(derived, photos, tmp_path):

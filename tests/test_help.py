@@ -33,7 +33,7 @@ def test_quiet_means_one_thing(capsys):
             continue
         meaning = text.split("-q, --quiet ", 1)[1].split(" summary", 1)[0] + " summary"
         meanings.add(meaning)
-    assert meanings == {"print only warnings and errors on stderr: no preamble, progress bar or summary"}
+    assert meanings == {"print only errors on stderr: no preamble, warnings (report.json keeps them), progress bar or summary"}
 
 
 def test_usage_error_is_short(capsys):

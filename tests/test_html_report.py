@@ -767,3 +767,32 @@ def test_page_needs_only_the_components_of_pfv_npz(run_dir, tmp_path):
         assert all(c["data-flags"] in ("", "low", "atypical", "low atypical") for c in cards)
         scores = {im["file"]: im["prediction"]["score"] for im in _report(out)["images"]}
         assert all(("low" in c["data-flags"]) == (scores[c["data-file"]] < 0.5) for c in cards)
+
+
+@pytest.mark.browser
+def test_without_script_every_card_shows(browser, class_dir):
+    b = browser
+    target = b.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+    s = b.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
+    b.call("Page.enable", session=s)
+    b.call("Emulation.setScriptExecutionDisabled", {"value": True}, s)
+    b.call("Page.navigate", {"url": (class_dir / "report.html").resolve().as_uri()}, s)
+    b.wait_for("Page.loadEventFired")
+    b.call("Emulation.setScriptExecutionDisabled", {"value": False}, s)  # to ask the page; its own script did not run
+    assert b.evaluate(s, "document.getElementById('toolbar').offsetParent === null")
+    shown = b.evaluate(s, "Array.from(document.querySelectorAll('article.card')).filter(c => c.offsetParent !== null).length")
+    assert shown == len(_report(class_dir)["images"])
+
+
+@pytest.mark.browser
+def test_group_filter_hides_the_other_groups(browser, class_dir):
+    b = browser
+    report = _report(class_dir)
+    s = _open(b, class_dir / "report.html", 1400)
+    g = report["groups"][1]["index"]
+    _set(b, s, "f-group", str(g), "change")
+    visible = "Array.from(document.querySelectorAll('article.card')).filter(c => c.offsetParent !== null).map(c => c.dataset.file)"
+    assert sorted(b.evaluate(s, visible)) == sorted(im["file"] for im in report["images"] if im["group"] == g)
+    sections = b.evaluate(s, "Array.from(document.querySelectorAll('section.group')).filter(x => x.offsetParent !== null).map(x => x.dataset.group)")
+    assert sections == [str(g)]
+    assert b.evaluate(s, "document.getElementById('shown').textContent").startswith(f"{sum(im['group'] == g for im in report['images'])} of {len(report['images'])}")

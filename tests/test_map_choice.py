@@ -18,19 +18,19 @@ def test_one_network_two_exporters_same_resolutions_and_colours(save_model):
     tf_case, _ = tg.pad_tf()
     a = PFV(save_model(torch_case.model, "pad_torch"), provider="cpu")
     b = PFV(save_model(tf_case.model, "pad_tf"), provider="cpu")
-    hw_a = [m.hw for m in a.feature_maps()]
-    hw_b = [m.hw for m in b.feature_maps()]
-    assert hw_a == hw_b == [(16, 16), (8, 8), (4, 4)]
-    assert [m.op for m in a.feature_maps()] == ["Relu"] * 3
     batch = torch_case.batch(n=6, seed=5)
+    res_a = a.explain(batch)
+    res_b = b.explain(batch.transpose(0, 2, 3, 1).copy())
+    hw_a = [m.hw for m in res_a.maps]
+    hw_b = [m.hw for m in res_b.maps]
+    assert hw_a == hw_b == [(16, 16), (8, 8), (4, 4)]
+    assert [m.op for m in res_a.maps] == ["Relu"] * 3
     # the two graphs compute the same maps: checked on the raw activations, without the engine
     _, ra = graphs.fetch(torch_case.model, torch_case.all_expected, batch)
     _, rb = graphs.fetch(tf_case.model, tf_case.all_expected, batch.transpose(0, 2, 3, 1).copy())
     for x, y in zip(torch_case.all_expected, tf_case.all_expected):
         np.testing.assert_allclose(ra[x], rb[y], rtol=1e-4, atol=1e-4)
-    rgb_a = a.explain(batch).rgb
-    rgb_b = b.explain(batch.transpose(0, 2, 3, 1).copy()).rgb
-    assert np.abs(rgb_a - rgb_b).max() < 1e-3
+    assert np.abs(res_a.rgb - res_b.rgb).max() < 1e-3
 
 
 def test_pad_outputs_and_the_padded_image_are_never_weighting_maps(save_model):

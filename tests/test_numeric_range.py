@@ -176,3 +176,23 @@ def test_a_constant_decomposed_map_exits_2_on_the_command_line(tmp_path, capsys)
     assert main(["run", str(path), *imgs, "-o", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "same at every position" in err and "Traceback" not in err
+
+
+@pytest.mark.gpu
+def test_huge_maps_on_cupy_match_numpy():
+    """The array-module-generic path (CuPy) with maps ~1e30: the PCA, the flat weighting and the
+    colour scaling give what the NumPy path gives."""
+    import cupy
+
+    rng = np.random.default_rng(8)
+    X = (rng.standard_normal((500, 12)) * 0.7 ** np.arange(12) * 1e30).astype(np.float32)
+    b_np, P_np = pca.fit(X, 3)
+    b_cp, P_cp = pca.fit(cupy.asarray(X), 3)
+    np.testing.assert_allclose(b_cp.directions, b_np.directions, atol=1e-5)
+    np.testing.assert_allclose(b_cp.eigenvalues, b_np.eigenvalues, rtol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(P_cp), P_np, atol=1e-5 * np.abs(P_np).max())
+    P = (rng.standard_normal((2, 3, 4, 5)) * 1e30).astype(np.float32)
+    S = [(rng.random((2, 1, 8, 10)) * 1e30).astype(np.float32)]
+    want = weighting.scale_colours(np.ascontiguousarray(weighting.flat(P, S, (16, 20))))
+    got = weighting.scale_colours(weighting.flat(cupy.asarray(P), [cupy.asarray(s) for s in S], (16, 20)))
+    np.testing.assert_allclose(cupy.asnumpy(got), want, atol=1e-4)

@@ -150,10 +150,14 @@ def test_row_spool_matches_npz_bytes_and_cleans_up(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         spool.append("rgb", np.zeros((1, 3, 5), np.float32))
     small = {"files": np.asarray(["a", "b", "c", "d", "e", "f"])}
-    spool.write(tmp_path / "pfv.npz", small, ["rgb", "files", "output/logits"])
+    write_npz(tmp_path / "pfv.npz", {"rgb": spool.rows("rgb"), **small, "output/logits": spool.rows("output/logits")}, deflate=["files"])
     spool.close()
     expected = {"rgb": np.concatenate(parts), "files": small["files"], "output/logits": np.concatenate(logits)}
-    assert (tmp_path / "pfv.npz").read_bytes() == npz_bytes(expected)
+    assert (tmp_path / "pfv.npz").read_bytes() == npz_bytes(expected, deflate=["files"])
+    with np.load(tmp_path / "pfv.npz", allow_pickle=False) as z:
+        assert list(z.files) == list(expected)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(z[key], value)
     assert [p.name for p in tmp_path.iterdir()] == ["pfv.npz"]  # temporary files removed
 
 

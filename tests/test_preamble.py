@@ -48,12 +48,15 @@ def test_warnings_on_the_terminal_and_in_the_report(vgg_model, pictures, tmp_pat
     labels = tmp_path / "three.txt"
     labels.write_text("a\nb\nc\n")
     out = tmp_path / "out"
-    argv = ["run", str(vgg_model), str(pictures), "-o", str(out), "--labels", str(labels), "--layer", "*Relu_output_0", "--no-html", "-q"]
+    argv = ["run", str(vgg_model), str(pictures), "-o", str(out), "--labels", str(labels), "--layer", "*Relu_output_0", "--no-html"]
     assert main(argv) == 0
-    err = _stderr_lines(capsys)
-    assert all(ln.startswith("warning: ") for ln in err), err  # --quiet: no preamble, no progress, the warnings stay
+    err = [ln for ln in _stderr_lines(capsys) if ln.startswith("warning: ")]
     report = json.loads((out / "report.json").read_text())
     assert [f"warning: {w}" for w in report["warnings"]] == err
+    # --quiet: nothing on the terminal, the same warnings in the report
+    assert main([*argv, "-q", "--overwrite"]) == 0
+    assert _stderr_lines(capsys) == []
+    assert json.loads((out / "report.json").read_text())["warnings"] == report["warnings"]
     labels_warning, layer_warning, group_warning = report["warnings"]
     assert labels_warning.startswith(f"3 labels (option --labels {labels}) for 10 classes")
     relus = [f"/features/features.{i}/Relu_output_0" for i in (1, 3, 6, 8, 11)]
@@ -66,14 +69,14 @@ def test_warnings_on_the_terminal_and_in_the_report(vgg_model, pictures, tmp_pat
     for i in range(5):
         cv2.imwrite(str(many / f"m{i}.png"), np.full((20, 20, 3), 30 * i, np.uint8))
     out2 = tmp_path / "out2"
-    assert main(["run", str(vgg_model), str(many), "-o", str(out2), "--layer", relus[-1], "--no-html", "-q"]) == 0
-    assert _stderr_lines(capsys) == []
+    assert main(["run", str(vgg_model), str(many), "-o", str(out2), "--layer", relus[-1], "--no-html"]) == 0
+    assert not [ln for ln in _stderr_lines(capsys) if ln.startswith("warning:")]
     assert json.loads((out2 / "report.json").read_text())["warnings"] == []
 
 
 def test_group_by_class_warns_of_small_classes(vgg_model, pictures, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["run", str(vgg_model), str(pictures), "-o", str(out), "--group-by", "class", "--no-html", "-q"]) == 0
+    assert main(["run", str(vgg_model), str(pictures), "-o", str(out), "--group-by", "class", "--no-html"]) == 0
     report = json.loads((out / "report.json").read_text())
     sizes = [g["images"] for g in report["groups"]]
     singles = sizes.count(1)

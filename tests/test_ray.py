@@ -137,3 +137,31 @@ def test_ray_run_equals_local_run(ray_cluster, tmp_path, model, capsys):
         for key in compared:
             np.testing.assert_allclose(b[key], a[key], rtol=0, atol=1e-5, err_msg=key)
         np.testing.assert_allclose(b["eigenvalues"], a["eigenvalues"], rtol=1e-5)
+
+
+@pytest.mark.ray
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
+def test_ray_forward_holds_one_batch_on_the_driver(ray_cluster, tmp_path, model):
+    """A slow first batch (a large image) must not make the driver hold every later pass:
+    at most one actor batch waits there (a regression: results were buffered without bound)."""
+    from pfv_onnx.inputs import make_preprocessing
+
+    files = [tmp_path / "big.png"]
+    big = np.zeros((8000, 8000, 3), np.uint8)  # small on disk, slow to decode and resize
+    big[:, :, 1] = np.arange(8000, dtype=np.uint32)[:, None] * 255 // 8000
+    cv2.imwrite(str(files[0]), big)
+    for i in range(15):
+        files.append(tmp_path / f"{i:02d}.png")
+        cv2.imwrite(str(files[-1]), np.full((24, 32, 3), 10 * i, np.uint8))
+    source = distributed.RunForward(
+        model, files, preprocessing=make_preprocessing("imagenet", size=(24, 32)),
+        pfv_options={"provider": "cpu"}, batch_size=1, actors=2,
+    )  # fmt: skip
+    try:
+        held = []
+        for image in source:
+            held.append(source.buffered)
+            assert image.error is None
+    finally:
+        source.close()
+    assert len(held) == 16 and max(held) <= 1, held

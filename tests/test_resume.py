@@ -34,9 +34,10 @@ GOOD = [f"im{i}.png" for i in range(7)]  # groups: [im0 im1] [im2 im3] [im4 im5]
 TEMP = re.compile(r"^\.pfv-tmp-")
 
 _WRAPPER = r"""
-import os, signal, sys, tempfile
+import contextlib, os, signal, sys, tempfile
 import pfv_onnx.outputs as outputs
-from pfv_onnx.cli import _progress, main
+from pfv_onnx.cli import main
+from pfv_onnx.runplan import progress
 
 mode, arg = sys.argv[1], sys.argv[2]
 argv = sys.argv[3:]
@@ -44,41 +45,26 @@ argv = sys.argv[3:]
 def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
-def half_written(folder, data):
-    fd, _ = tempfile.mkstemp(prefix=".pfv-tmp-", suffix=".tmp", dir=folder)
-    os.write(fd, data[: max(1, len(data) // 2)])
-    die()
-
-if mode == "write":  # killed in the middle of writing the file named `arg`
-    real = outputs.atomic_write_bytes
-    def atomic_write_bytes(path, data, **options):
+if mode == "write":  # killed in the middle of writing the file named `arg` (any file, pictures to archives)
+    real = outputs.atomic_file
+    @contextlib.contextmanager
+    def atomic_file(path, **options):
         if os.path.basename(str(path)) == arg:
-            half_written(os.path.dirname(str(path)), data)
-        return real(path, data, **options)
-    outputs.atomic_write_bytes = atomic_write_bytes
+            fd, _ = tempfile.mkstemp(prefix=".pfv-tmp-", suffix=".tmp", dir=os.path.dirname(str(path)))
+            os.write(fd, b"PK\x03\x04" + b"\x00" * 4096)  # half of something
+            die()
+        with real(path, **options) as f:
+            yield f
+    outputs.atomic_file = atomic_file
 elif mode == "saved":  # killed right after group number `arg` was saved
-    real_save = _progress.Progress.save
+    real_save = progress.Progress.save
     def save(self, saved, start):
         real_save(self, saved, start)
         if saved.index == int(arg):
             die()
-    _progress.Progress.save = save
-elif mode == "saving":  # killed in the middle of saving group number `arg`'s arrays
-    real_npz = _progress._atomic_npz
-    calls = []
-    def atomic_npz(path, arrays):
-        calls.append(path)
-        if len(calls) == int(arg) + 1:
-            half_written(os.path.dirname(str(path)), b"PK\x03\x04" + b"\x00" * 4096)
-        return real_npz(path, arrays)
-    _progress._atomic_npz = atomic_npz
-elif mode == "npz":  # killed while the final pfv.npz is written
-    real_write = outputs.RowSpool.write
-    def write(self, path, *a, **k):
-        half_written(os.path.dirname(str(path)), b"PK\x03\x04" + b"\x00" * 4096)
-    outputs.RowSpool.write = write
+    progress.Progress.save = save
 elif mode == "finish":  # killed after the final report, before the saved groups are removed
-    _progress.Progress.finish = lambda self: die()
+    progress.Progress.finish = lambda self: die()
 sys.exit(main(argv))
 """
 
@@ -168,8 +154,8 @@ def _no_leftovers(out: Path) -> None:
         ("write", "im0.overlay.png", 0),  # in the first group's pictures
         ("saved", "0", 1),  # right after the first group was saved
         ("write", "im4.pfv.png", 2),  # in the third group, two saved
-        ("saving", "1", 1),  # while the second group was being saved
-        ("npz", "-", 3),  # while writing pfv.npz: the last group is not saved, it is redone
+        ("write", "group-000001.npz", 1),  # while the second group was being saved
+        ("write", "pfv.npz", 3),  # while writing pfv.npz: the last group is not saved, it is redone
     ],
 )
 def test_killed_run_resumes_to_the_same_files(mode, arg, reused, setup, tmp_path):
@@ -252,10 +238,14 @@ def test_kept_groups_are_reused_not_recomputed(setup, killed_after_group_1, tmp_
     shows up in pfv.npz. --overwrite then redoes everything."""
     out = _copy(killed_after_group_1, tmp_path / "out")
     kept = {n: os.stat(out / n).st_ino for n in ("im0.pfv.png", "im1.overlay.png", "im3.pfv.png")}
+    held = tmp_path / "held"  # hard links keep the old inodes alive: a new file cannot reuse their numbers
+    held.mkdir()
+    for n in kept:
+        os.link(out / n, held / n)
     saved = out / ".pfv-progress" / "group-000000.npz"
     with np.load(saved) as z:
         arrays = {k: z[k] for k in z.files}
-    arrays["rgb"] = np.full_like(arrays["rgb"], 0.25)
+    arrays["rgb"] = np.full_like(arrays["rgb"], 77)
     np.savez(saved, **arrays)
     redone = _copy(out, tmp_path / "redone")  # the same state, resumed with --overwrite: nothing kept
     assert main(_args(setup, redone, "--overwrite")) == 1
@@ -264,7 +254,7 @@ def test_kept_groups_are_reused_not_recomputed(setup, killed_after_group_1, tmp_
     assert main(_args(setup, out)) == 1
     assert {n: os.stat(out / n).st_ino for n in kept} == kept
     with np.load(out / "pfv.npz") as z, np.load(setup["ref"] / "pfv.npz") as r:
-        assert (z["rgb"][:2] == 0.25).all()
+        assert (z["rgb"][:2] == 77).all()
         np.testing.assert_array_equal(z["rgb"][2:], r["rgb"][2:])
     assert main(_args(setup, out, "--overwrite")) == 1
     assert all(os.stat(out / n).st_ino != ino for n, ino in kept.items())
@@ -307,6 +297,10 @@ def test_complete_run_is_not_redone_and_overwrite_redoes_it(setup, tmp_path):
     before = {n: os.stat(p).st_ino for n, p in _files(out).items()}
     assert main(_args(setup, out)) == 1  # the exit code of the finished run
     assert {n: os.stat(p).st_ino for n, p in _files(out).items()} == before
+    held = tmp_path / "held"  # hard links keep the old inodes alive: a new file cannot reuse their numbers
+    held.mkdir()
+    for n, p in _files(out).items():
+        os.link(p, held / n.replace("/", "__"))
     assert main(_args(setup, out, "--overwrite")) == 1
     after = {n: os.stat(p).st_ino for n, p in _files(out).items()}
     assert sorted(after) == sorted(before) and all(after[n] != before[n] for n in before)

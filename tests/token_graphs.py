@@ -77,12 +77,12 @@ class _Tok(_Net):
         h = self.relu(self.linear(self.ln(x, dim), dim, 2 * dim))
         return self.op("Add", [x, self.linear(h, 2 * dim, dim)], out)
 
-    def patch_tokens(self, x: str, cin: int, patch: int, grid: int, out_conv: str) -> str:
+    def patch_tokens(self, x: str, cin: int, patch: int, cells: int, out_conv: str) -> str:
         """Strided patch conv, Reshape (N, C, h*w), Transpose to (N, h*w, C)."""
         w, b = self.conv_params(cin, DIM, patch)
         conv = self.op("Conv", [x, self.const(w.astype(np.float32)), self.const(b.astype(np.float32))], out_conv,
                        kernel_shape=[patch, patch], strides=[patch, patch])
-        flat = self.op("Reshape", [conv, self.const(np.array([0, DIM, grid * grid], np.int64))])
+        flat = self.op("Reshape", [conv, self.const(np.array([0, DIM, cells], np.int64))])
         return self.op("Transpose", [flat], perm=[0, 2, 1])
 
     def special(self, like: str, count: int) -> str:
@@ -96,12 +96,12 @@ class _Tok(_Net):
         return self.op("Add", [x, self.const((0.2 * self.rng.standard_normal((1, tokens, DIM))).astype(np.float32))])
 
 
-def _vit_body(n: _Tok, image: str, size: int, patch: int, specials: int, cin: int = 3) -> tuple[str, int]:
-    grid = size // patch
-    tokens = n.patch_tokens(image, cin, patch, grid, "patch_embed")
+def _vit_body(n: _Tok, image: str, size: int, patch: int, specials: int, cin: int = 3, width: int | None = None) -> tuple[str, int]:
+    gh, gw = size // patch, (width or size) // patch
+    tokens = n.patch_tokens(image, cin, patch, gh * gw, "patch_embed")
     if specials:
         tokens = n.op("Concat", [n.special(tokens, specials), tokens], axis=1)
-    total = grid * grid + specials
+    total = gh * gw + specials
     t = n.positions(tokens, total)
     t = n.block(t, total, DIM, "block0")
     t = n.block(t, total, DIM, "block1")
@@ -116,13 +116,29 @@ def _model(n: _Tok, name: str, image: str, shape: tuple, out: str, classes: int)
     return n.model(name, [_vi(image, F32, ["N", *shape[1:]])], [_vi(out, F32, ["N", classes])])
 
 
+def _token_case(n: _Tok, name: str, out: str, classes: int, before: int, size: int = 16,
+                weighting: tuple[str, ...] = (), width: int | None = None, patch: int = 4) -> tuple[GraphCase, TokenFacts]:
+    """A token model's case: E_L ``encoder_norm``, ``before`` special tokens."""
+    shape = (4, 3, size, width or size)
+    m = _model(n, name, "pixels", shape, out, classes)
+    case = GraphCase(name, m, "pixels", shape, "NCHW", "encoder_norm", list(weighting), static_size=shape[2:], channels=3)
+    grid = (4, 4) if weighting else (size // patch, (width or size) // patch)
+    return case, TokenFacts(grid, before, 0, "patch_embed")
+
+
 def vit() -> tuple[GraphCase, TokenFacts]:
     n = _Tok(seed=31)
     body, _ = _vit_body(n, "pixels", 16, 4, 1)
     n.gemm(_token0(n, body), DIM, 5, out="logits")
-    m = _model(n, "vit", "pixels", (4, 3, 16, 16), "logits", 5)
-    case = GraphCase("vit", m, "pixels", (4, 3, 16, 16), "NCHW", "encoder_norm", [], static_size=(16, 16), channels=3)
-    return case, TokenFacts((4, 4), 1, 0, "patch_embed")
+    return _token_case(n, "vit", "logits", 5, 1)
+
+
+def vit_wide() -> tuple[GraphCase, TokenFacts]:
+    """A ViT on 16x28 images: a 4x7 grid, row-major."""
+    n = _Tok(seed=30)
+    body, _ = _vit_body(n, "pixels", 16, 4, 1, width=28)
+    n.gemm(_token0(n, body), DIM, 5, out="logits")
+    return _token_case(n, "vit_wide", "logits", 5, 1, width=28)
 
 
 def dinov2() -> tuple[GraphCase, TokenFacts]:
@@ -134,9 +150,7 @@ def dinov2() -> tuple[GraphCase, TokenFacts]:
     mean = n.op("ReduceMean", [patches], axes=[1], keepdims=0)
     feat = n.op("Concat", [cls, mean], axis=1)
     n.gemm(feat, 2 * DIM, 5, out="logits")
-    m = _model(n, "dinov2", "pixels", (4, 3, 16, 16), "logits", 5)
-    case = GraphCase("dinov2", m, "pixels", (4, 3, 16, 16), "NCHW", "encoder_norm", [], static_size=(16, 16), channels=3)
-    return case, TokenFacts((4, 4), 5, 0, "patch_embed")
+    return _token_case(n, "dinov2", "logits", 5, 5)
 
 
 def mean_pooled() -> tuple[GraphCase, TokenFacts]:
@@ -144,9 +158,7 @@ def mean_pooled() -> tuple[GraphCase, TokenFacts]:
     body, _ = _vit_body(n, "pixels", 16, 4, 0)
     pooled = n.op("ReduceMean", [body], axes=[1], keepdims=0)
     n.gemm(pooled, DIM, 5, out="logits")
-    m = _model(n, "mean_pooled", "pixels", (4, 3, 16, 16), "logits", 5)
-    case = GraphCase("mean_pooled", m, "pixels", (4, 3, 16, 16), "NCHW", "encoder_norm", [], static_size=(16, 16), channels=3)
-    return case, TokenFacts((4, 4), 0, 0, "patch_embed")
+    return _token_case(n, "mean_pooled", "logits", 5, 0)
 
 
 def headless() -> tuple[GraphCase, TokenFacts]:
@@ -154,9 +166,7 @@ def headless() -> tuple[GraphCase, TokenFacts]:
     body, _ = _vit_body(n, "pixels", 16, 4, 1)
     _token0(n, body)
     n.nodes[-1].output[0] = "features"
-    m = _model(n, "headless", "pixels", (4, 3, 16, 16), "features", DIM)
-    case = GraphCase("headless", m, "pixels", (4, 3, 16, 16), "NCHW", "encoder_norm", [], static_size=(16, 16), channels=3)
-    return case, TokenFacts((4, 4), 1, 0, "patch_embed")
+    return _token_case(n, "headless", "features", DIM, 1)
 
 
 def hybrid() -> tuple[GraphCase, TokenFacts]:
@@ -166,10 +176,24 @@ def hybrid() -> tuple[GraphCase, TokenFacts]:
     s2 = n.conv_relu(s1, 8, 8, stride=2, out="stem2")
     body, _ = _vit_body(n, s2, 8, 2, 1, cin=8)
     n.gemm(_token0(n, body), DIM, 5, out="logits")
-    m = _model(n, "hybrid", "pixels", (4, 3, 32, 32), "logits", 5)
-    case = GraphCase("hybrid", m, "pixels", (4, 3, 32, 32), "NCHW", "encoder_norm", ["stem1", "stem2"],
-                     static_size=(32, 32), channels=3)
-    return case, TokenFacts((4, 4), 1, 0, "patch_embed")
+    return _token_case(n, "hybrid", "logits", 5, 1, size=32, weighting=("stem1", "stem2",))
+
+
+def pvt() -> tuple[GraphCase, TokenFacts]:
+    """Two token stages (PVT-like): 8x8 tokens, back to a grid, a strided conv, 4x4 tokens, mean pool.
+    The finer stage's tokens weight the upsampling as a CNN's finer stage does."""
+    n = _Tok(seed=41)
+    t = n.patch_tokens("pixels", 3, 2, 64, "patch_embed_1")  # 16 -> 8x8
+    s1 = n.block(n.positions(t, 64), 64, DIM, "stage1_tokens")
+    grid = n.op("Reshape", [n.op("Transpose", [s1], perm=[0, 2, 1]), n.const(np.array([0, DIM, 8, 8], np.int64))])
+    w, b = n.conv_params(DIM, DIM, 2)
+    conv = n.op("Conv", [grid, n.const(w.astype(np.float32)), n.const(b.astype(np.float32))], "patch_embed",
+                kernel_shape=[2, 2], strides=[2, 2])  # 4x4
+    t = n.op("Transpose", [n.op("Reshape", [conv, n.const(np.array([0, DIM, 16], np.int64))])], perm=[0, 2, 1])
+    t = n.block(t, 16, DIM, "stage2_tokens")
+    body = n.ln(t, DIM, "encoder_norm")
+    n.gemm(n.op("ReduceMean", [body], axes=[1], keepdims=0), DIM, 5, out="logits")
+    return _token_case(n, "pvt", "logits", 5, 0, weighting=("stage1_tokens",))
 
 
 def _windows(n: _Tok, x: str, hw: int, win: int, dim: int) -> str:
@@ -311,5 +335,5 @@ def pad_tf() -> tuple[GraphCase, None]:
                      ["model/conv1/Relu:0", "model/conv2/Relu:0"], static_size=(32, 32), channels=3), None
 
 
-TOKEN_CASES = {"vit": vit, "dinov2": dinov2, "mean_pooled": mean_pooled, "headless": headless, "hybrid": hybrid}
+TOKEN_CASES = {"vit": vit, "vit_wide": vit_wide, "dinov2": dinov2, "mean_pooled": mean_pooled, "headless": headless, "hybrid": hybrid, "pvt": pvt}
 GRID_CASES = {"swin": swin, "maxvit": maxvit, "pad_torch": pad_torch, "pad_tf": pad_tf}

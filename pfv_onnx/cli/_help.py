@@ -14,6 +14,11 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
         ("pfv-onnx run model.onnx photos/ -o out --group-by class", "contrast the features within each predicted class"),
         ("pfv-onnx run model.onnx photos/ -o out --basis basis.npz", "colours that mean the same in every run (see 'pfv-onnx fit')"),
     ],
+    "compare": [
+        ("pfv-onnx compare model.onnx model_int8.onnx photos/ -o compare-out", "drift per image, pictures side by side, compare.html"),
+        ("pfv-onnx compare model.onnx model_int8.onnx val/ -o out --fail-over 0.15", "a CI gate: exit 3 when an image drifts more"),
+        ("pfv-onnx compare model.onnx retrained.onnx photos/ -o out --candidate-preset imagenet", "the candidate's preprocessing differs"),
+    ],
     "fit": [
         ("pfv-onnx fit model.onnx photos/ -o basis.npz", "a basis over all the photos, in two streaming passes"),
         ("pfv-onnx run model.onnx new_photos/ -o out --basis basis.npz", "then project new images onto it"),
@@ -36,7 +41,7 @@ EXAMPLES: dict[str, list[tuple[str, str]]] = {
 }
 """Per command: (command line, what it does), shown at the end of ``COMMAND --help``."""
 
-QUIET_HELP = "print only warnings and errors on stderr: no preamble, progress bar or summary"
+QUIET_HELP = "print only errors on stderr: no preamble, warnings (report.json keeps them), progress bar or summary"
 """The one meaning of -q/--quiet in every command (results a command prints on stdout stay)."""
 
 

@@ -2,7 +2,7 @@
 
 :func:`preamble` prints the model, provider, input size and preprocessing (each with where it
 came from), the decomposed tensor and the weighting maps, and the labels, unless ``--quiet``;
-it returns the warnings (printed even with ``--quiet``) for report.json. The checks themselves
+it returns the warnings (printed too, unless ``--quiet``) for report.json. The checks themselves
 (:func:`run_warnings`, :func:`group_warnings`) return text and never print.
 """
 
@@ -87,6 +87,7 @@ def run_warnings(args: argparse.Namespace, pfv: PFV, config: ResolvedConfig, n_i
             f"{len(config.labels or ())} labels ({config.sources['labels']}) for {classes} classes: predictions are shown "
             f"without names; give a file of {classes} names with --labels"
         )
+    out.extend(pfv.analysis(config.size).warnings)  # where the choice of maps is known to be weak
     ambiguous = _layer_ambiguity(getattr(args, "layer", None), pfv, config.size)
     if ambiguous:
         out.append(ambiguous)
@@ -123,8 +124,8 @@ def describe(pfv: PFV, config: ResolvedConfig, title: str) -> list[str]:
 
 
 def say(lines: Sequence[str], quiet: bool = False, *, warning: bool = False) -> None:
-    """Print on stderr (warnings always; other lines unless ``quiet``), beside a progress bar if one is shown."""
-    if quiet and not warning:
+    """Print on stderr unless ``quiet``, beside a progress bar if one is shown."""
+    if quiet:
         return
     try:
         from tqdm import tqdm
@@ -141,14 +142,15 @@ def preamble(args: argparse.Namespace, pfv: PFV, title: str, n_images: int | Non
     from . import _args
 
     config = _args.resolve(args, pfv)
-    say(describe(pfv, config, title), getattr(args, "quiet", False))
+    quiet = bool(getattr(args, "quiet", False))
+    say(describe(pfv, config, title), quiet)
     warnings = [*config.notes, *run_warnings(args, pfv, config, n_images)]
-    say(warnings, warning=True)
+    say(warnings, quiet, warning=True)
     return warnings
 
 
-def class_groups(report: dict[str, Any], sizes: Sequence[int]) -> None:
+def class_groups(report: dict[str, Any], sizes: Sequence[int], quiet: bool = False) -> None:
     """``--group-by class``: warn of (and record in ``report["warnings"]``) classes with too few images."""
     found = group_warnings(sizes, by_class=True)
     report.setdefault("warnings", []).extend(found)
-    say(found, warning=True)
+    say(found, quiet, warning=True)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fail_quantile is not None and args.fail_over is None:
         raise InputError("--fail-quantile needs --fail-over D")
+    if getattr(args, "group_size", None):
+        raise InputError("compare decomposes all the images at once; leave --group-size out (--batch-size sets the forward passes)")
     found = collect_images(args.inputs)
     failures = [{"file": f, "reason": r} for f, r in found.missing]
     if not found.files:
@@ -112,10 +116,15 @@ def run(args: argparse.Namespace) -> int:
             failures.append({"file": str(path), "reason": " ".join(str(exc).split())})
     if not images:
         raise InputError(f"none of the {len(found.files)} images could be read ({failures[0]['file']}: {failures[0]['reason']})")
-    result = compare.compare(
-        ref, cand, stack_batch(tensors_r, prep_r.layout), stack_batch(tensors_c, prep_c.layout),
-        batch_size=args.batch_size, channels=args.channels,
-    )
+    with warnings.catch_warnings(record=True) as caught:  # the self-check's findings: one line each, and in compare.json
+        warnings.simplefilter("always", RuntimeWarning)
+        result = compare.compare(
+            ref, cand, stack_batch(tensors_r, prep_r.layout), stack_batch(tensors_c, prep_c.layout),
+            batch_size=args.batch_size, channels=args.channels,
+        )
+    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    for note in notes:
+        print(f"pfv-onnx compare: warning: {note}", file=sys.stderr)
     del tensors_r, tensors_c
 
     names = unique_names([img.path for img in images])
@@ -149,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_bytes(outdir / MOSAIC, encode_png(compare_report.stack(most)), durable=False)
 
     summary = result.summary()
+    summary["warnings"] = notes
     exit_code = 1 if failures else 0
     if args.fail_over is not None:
         compared = result.compared_drift(args.fail_quantile)

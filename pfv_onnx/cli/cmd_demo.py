@@ -17,6 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--outdir", default=DEFAULT_OUTDIR, metavar="OUTDIR", help=f"folder for the results (default {DEFAULT_OUTDIR})")
     parser.add_argument("--model", metavar="NAME", help="another bundled model by name (default: the default model)")
     _args.add_runtime_options(parser, batching=False)
+    parser.add_argument("--overwrite", action="store_true", help="redo every image; by default a finished demo in OUTDIR is found done")
     _args.add_quiet(parser)
 
 
@@ -45,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         raise DependencyError("the bundled demo images are missing; reinstall pfv-onnx")
     parser = argparse.ArgumentParser(prog="pfv-onnx demo")
     cmd_run.add_arguments(parser)
-    run_args = parser.parse_args([str(model), *images, "-o", args.outdir, "--provider", args.provider])
+    run_args = parser.parse_args([str(model), *images, "-o", args.outdir, "--provider", args.provider, *(["--overwrite"] if args.overwrite else [])])
     run_args.quiet = args.quiet
     code = cmd_run.execute(run_args, title="pfv-onnx demo")
     outdir = Path(args.outdir)

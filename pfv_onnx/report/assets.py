@@ -28,6 +28,7 @@ THUMB_QUALITY = 90  # JPEG quality of the thumbnails
 THUMB_SIDE = 320  # longest side of a gallery thumbnail, in pixels (shown at about half: sharp on HiDPI screens)
 PATCH_SIDE = 120  # legend patches are square PNGs of this side (shown at half: sharp on HiDPI screens)
 VIEW_SIDE = 240  # longest side of a per-component view
+VIEW_IMAGE_WEIGHT = 0.25  # share of the (gray) image under a per-component view
 
 _PAGE_FILE = re.compile(r"(g\d+-c\d+-(pos|neg)-\d+|g\d+-\d+-c\d+)\.png")
 
@@ -193,9 +194,12 @@ class Pictures:
             for c, (pos, neg) in enumerate(picks)
         ]
 
-    def component_views(self, g: int, row: int, rec: dict[str, Any], comps: np.ndarray, scales: np.ndarray) -> list[str]:
+    def component_views(self, g: int, row: int, rec: dict[str, Any], comps: np.ndarray, scales: np.ndarray, under: str | None = None) -> list[str]:
         """One blue-white-red picture per component of image ``row`` (``comps``: (k, h, w)), over
-        the part of the image the model saw; ``scales[c]`` is drawn at full colour."""
+        the part of the image the model saw; ``scales[c]`` is drawn at full colour. ``under``: a
+        picture of the image (relative to OUTDIR) shown faintly beneath, for orientation."""
+        import cv2
+
         from ..outputs import atomic_write_bytes
 
         size = rec.get("size") or [VIEW_SIDE, VIEW_SIDE]
@@ -205,9 +209,15 @@ class Pictures:
         if crop and len(crop) == 4 and size[0] and size[1]:
             sy, sx = h / float(size[0]), w / float(size[1])
             box = (round(crop[0] * sx), round(crop[1] * sy), round(crop[2] * sx), round(crop[3] * sy))
+        gray = cv2.imread(str(self.outdir / under), cv2.IMREAD_GRAYSCALE) if self.exists(under) else None
+        if gray is not None:
+            gray = cv2.cvtColor(cv2.resize(gray, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR)
         paths = []
         for c in range(comps.shape[0]):
+            pic = component_picture(comps[c], float(scales[c]), (h, w), box)
+            if gray is not None:
+                pic = cv2.addWeighted(pic, 1.0 - VIEW_IMAGE_WEIGHT, gray, VIEW_IMAGE_WEIGHT, 0.0)
             rel = f"{VIEWS}/g{g}-{row}-c{c + 1}.png"
-            atomic_write_bytes(self.outdir / rel, encode_png(component_picture(comps[c], float(scales[c]), (h, w), box)), durable=False)
+            atomic_write_bytes(self.outdir / rel, encode_png(pic), durable=False)
             paths.append(rel)
         return paths

@@ -221,7 +221,7 @@ class Page:
             views = (
                 f'<div class="views"><h3>Each component on its own</h3><div class="row">{vf}</div>'
                 '<p class="small muted">Red: the component\'s positive end; blue: its negative end; white: zero (the batch '
-                "average). Full colour is the largest value of that component in the group. These are the projections on the "
+                "average); the image shows faintly beneath. Full colour is the largest value of that component in the group. These are the projections on the "
                 "decomposed feature map, before the activation weighting.</p></div>"
             )
         pred = rec.get("prediction") if isinstance(rec.get("prediction"), dict) else None
@@ -293,7 +293,7 @@ class Page:
                 size = rec.get("size") or [THUMB_SIDE, THUMB_SIDE]
                 en = _Entry(rec, f"g{g}-{int(rec.get('row', 0))}", self.files.thumbnails(rec), thumb_size(int(size[0]), int(size[1])), flags[id(rec)])
                 if comps is not None:
-                    en.views = self.files.component_views(g, int(rec.get("row", 0)), rec, comps[i], scales)
+                    en.views = self.files.component_views(g, int(rec.get("row", 0)), rec, comps[i], scales, en.thumbs.get("thumb_image"))
                 entries.append(en)
             first_row = int(recs[0].get("row", 0)) if recs else 0
             title, sub = self._group_title(grp, first_row, len(recs), len(groups))

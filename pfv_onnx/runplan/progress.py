@@ -4,13 +4,15 @@ PFV colours depend on every image of a group (one PCA, one colour scaling), so t
 work that can be kept is a group, not an image. After each group's pictures are written,
 its rows (rgb, components, model outputs), report records, failures and mosaic tiles are
 saved in ``OUTDIR/.pfv-progress/group-NNNNNN.npz`` and ``.json``; the ``.json`` is written
-last and is the mark that the group is complete. A run started again with the same
+last and is the mark that the group is complete. A class plan (``--group-by class``) is
+saved in ``plan.json`` before its first group. A run started again with the same
 arguments (same model bytes, images, options: the *fingerprint*) takes the longest run of
-complete groups from the start, checks their pictures are still there, and goes on from
-the first image after them. The groups are formed exactly as an uninterrupted run forms
-them, so every file comes out byte-identical to one. When the run completes the progress
-folder is removed and ``report.json`` keeps the fingerprint: the same command again finds
-everything done and writes nothing. ``--overwrite`` ignores both and redoes everything.
+complete groups from the start whose pictures are still there and does the groups of the
+plan after them: for size groups, the files after the last kept group's; for class
+groups, the planned groups not kept. Groups are formed exactly as an uninterrupted run
+forms them, so every file comes out byte-identical to one. When the run completes the
+progress folder is removed and ``report.json`` keeps the fingerprint: the same command
+again finds everything done and writes nothing. ``--overwrite`` redoes everything.
 """
 
 from __future__ import annotations
@@ -23,12 +25,16 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from .plan import ClassPlan
+
 PROGRESS_DIR = ".pfv-progress"
 MANIFEST = "manifest.json"
+PLAN = "plan.json"
 
 
 def fingerprint(report: Mapping[str, Any], files: Sequence[Path], extra: Mapping[str, Any]) -> str:
@@ -64,28 +70,21 @@ def file_digest(path: str | os.PathLike[str] | None) -> str | None:
 
 @dataclass
 class SavedGroup:
-    """One complete group as the run loop needs it back."""
+    """One complete group as the run needs it back."""
 
     index: int
-    end: int  # one past the last input file (index into the run's file list) this group consumed
+    end: int  # size plans: one past the last input file (index into the run's file list) this group consumed
     images: list[dict[str, Any]]  # report["images"] records
-    failures: list[dict[str, str]]  # failures met while the group was filled, in order
+    failures: list[dict[str, str]]  # failures met while the group was filled or written, in order
     group: dict[str, Any]  # the report["groups"] entry
     files: list[str]  # the npz "files" rows
-    arrays: dict[str, np.ndarray]  # "rgb", "components", "output/<name>"
+    arrays: dict[str, np.ndarray]  # the npz rows: "rgb", "components", "output/<name>"
     eigenvalues: np.ndarray
     explained_variance_ratio: np.ndarray
     tiles: list[tuple[np.ndarray, np.ndarray, dict[str, Any] | None, str, int]] = field(default_factory=list)
     feature_maps: list[str] = field(default_factory=list)
     map_records: list[dict[str, Any]] = field(default_factory=list)
     pred_output: str | None = None
-
-
-def _atomic_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    from ..outputs import atomic_file
-
-    with atomic_file(path) as fh:
-        np.savez(fh, **{k: np.ascontiguousarray(v) for k, v in arrays.items()})
 
 
 class Progress:
@@ -133,6 +132,16 @@ class Progress:
         if not self._outputs_present(report.get("images") or []):
             return None
         return report
+
+    def class_plan(self) -> ClassPlan | None:
+        """The saved class plan of this run, if any."""
+        from .plan import ClassPlan, PlannedGroup
+
+        data = self._read_json(self.folder / PLAN)
+        try:
+            return ClassPlan([PlannedGroup.from_dict(g) for g in data["groups"]], list(data["failures"]))
+        except (TypeError, KeyError, ValueError):
+            return None
 
     def restore(self) -> list[SavedGroup]:
         """The complete groups from the start whose pictures are still in the output folder."""
@@ -188,15 +197,26 @@ class Progress:
 
     # ------------------------------------------------------------------ writing
 
-    def save(self, saved: SavedGroup, start: int) -> None:
-        """Keep one complete group; its pictures must already be written."""
-        from ..outputs import sync_all, write_json
-
-        sync_all(self.outdir)  # the group's pictures, written unsynced, reach the disk before the group counts as done
+    def _open(self) -> None:
+        from ..outputs import write_json
 
         if not self.folder.is_dir():
             self.folder.mkdir(parents=True, exist_ok=True)
             write_json(self.folder / MANIFEST, {"fingerprint": self.fingerprint})
+
+    def save_class_plan(self, plan: ClassPlan) -> None:
+        """Keep a class plan, before its first group is decomposed."""
+        from ..outputs import write_json
+
+        self._open()
+        write_json(self.folder / PLAN, {"groups": [g.to_dict() for g in plan.groups], "failures": plan.failures})
+
+    def save(self, saved: SavedGroup, start: int) -> None:
+        """Keep one complete group; its pictures must already be written."""
+        from ..outputs import sync_all, write_json, write_npz
+
+        sync_all(self.outdir)  # the group's pictures, written unsynced, reach the disk before the group counts as done
+        self._open()
         arrays: dict[str, np.ndarray] = dict(saved.arrays)
         arrays["eigenvalues"] = np.asarray(saved.eigenvalues)
         arrays["explained_variance_ratio"] = np.asarray(saved.explained_variance_ratio)
@@ -205,7 +225,7 @@ class Progress:
             arrays[f"tile_image/{j}"] = np.asarray(img)
             arrays[f"tile_map/{j}"] = np.asarray(pic)
             tiles_meta.append({"prediction": pred, "name": name, "group": group})
-        _atomic_npz(self.folder / f"group-{saved.index:06d}.npz", arrays)
+        write_npz(self.folder / f"group-{saved.index:06d}.npz", arrays)
         meta = {
             "index": saved.index,
             "start": start,

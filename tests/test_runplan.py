@@ -1,0 +1,142 @@
+"""``run`` as a plan: every kind of plan (size groups, class groups, a fitted basis),
+stopped after any group (as a killed run would be) and run again, gives the files of an
+uninterrupted run, byte for byte. Stops go through ``execute(job, stop_after=j)``, no
+process is killed; tests/test_resume.py kills real processes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import graphs
+from pfv_onnx import PFV
+from pfv_onnx.basis import load_for_run
+from pfv_onnx.cli import main
+from pfv_onnx.inputs import collect_images, make_preprocessing
+from pfv_onnx.runplan import RunJob, execute
+from pfv_onnx.runplan.plan import batches, class_groups, size_groups
+
+COLOURS = {"a_red.png": 2, "b_green.png": 1, "c_blue.png": 0, "d_green.png": 1, "e_red.png": 2, "f_green.png": 1, "g_blue.png": 0}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A model whose class is the strongest colour channel, seven pictures of three classes
+    and one unreadable file, and a basis fitted on the pictures."""
+    root = tmp_path_factory.mktemp("runplan")
+    path = root / "colour.onnx"
+    onnx.save(graphs.colour_classifier(), str(path))
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(3)
+    for i, (name, ch) in enumerate(COLOURS.items()):
+        pic = rng.integers(0, 90, (20 + 3 * i, 28, 3)).astype(np.uint8)
+        pic[:, :, ch] = np.clip(pic[:, :, ch].astype(int) + 150, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(images / name), pic)
+    (images / "c_bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)  # sorted among the others
+    basis = root / "basis.npz"
+    assert main(["fit", str(path), str(images), "-o", str(basis), "-q"]) == 1  # 1: the unreadable file
+    return {"root": root, "model": path, "images": images, "basis": basis, "refs": {}}
+
+
+def _job(world, out: Path, kind: str, batch: int, group: int | None) -> RunJob:
+    pfv = PFV(str(world["model"]))
+    prep = make_preprocessing("imagenet", size=pfv.default_size, layout="NCHW")
+    fitted = load_for_run(str(world["basis"]), pfv, prep.to_dict(), 3)[0] if kind == "basis" else None
+    report = {"pfv": {"groups": 0}, "groups": [], "images": [], "failures": [], "outputs": {}, "notes": []}
+    return RunJob(
+        pfv=pfv, files=collect_images([world["images"]]).files, prep=prep, outdir=out, report=report,
+        fingerprint=f"{kind}-{batch}-{group}", batch_size=batch, group_size=group, by_class=kind == "class",
+        basis=fitted, html=False,
+    )  # fmt: skip
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _same(ref: Path, out: Path) -> None:
+    a, b = _files(ref), _files(out)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name == "report.json":
+            strip = lambda r: {k: v for k, v in r.items() if k not in ("timings", "resume")}  # noqa: E731
+            assert strip(json.loads(a[name])) == strip(json.loads(b[name]))
+        else:
+            assert a[name] == b[name], name
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    kind=st.sampled_from(["size", "class", "basis"]),
+    batch=st.integers(1, 3),
+    group=st.integers(1, 4),
+    stops=st.lists(st.integers(-1, 6), min_size=1, max_size=2, unique=True).map(sorted),
+)
+def test_stopped_and_resumed_run_equals_an_uninterrupted_one(world, tmp_path_factory, kind, batch, group, stops):
+    group_size = None if kind == "class" else group
+    key = (kind, batch, group_size)
+    if key not in world["refs"]:
+        ref = tmp_path_factory.mktemp("ref") / "out"
+        summary = execute(_job(world, ref, kind, batch, group_size))
+        assert not summary.stopped and summary.report["status"] == "complete"
+        world["refs"][key] = ref
+    ref = world["refs"][key]
+    groups = len(json.loads((ref / "report.json").read_text())["groups"])
+    out = tmp_path_factory.mktemp("out") / "out"
+    for j in [s for s in stops if s < groups]:
+        summary = execute(_job(world, out, kind, batch, group_size), stop_after=j)
+        assert summary.stopped
+    summary = execute(_job(world, out, kind, batch, group_size))
+    assert not summary.stopped and not summary.already_done
+    last = max([s for s in stops if s < groups], default=None)
+    if last is not None:  # every saved group was kept (the last group is never saved: the final files follow)
+        assert summary.report["resume"]["groups_reused"] == max(0, min(last + 1, groups - 1))
+    assert not (out / ".pfv-progress").exists()
+    _same(ref, out)
+
+
+def test_reference_runs_have_the_planned_groups(world, tmp_path):
+    """Class groups: one per predicted class, the largest first; size groups: the files that
+    decode, group_size at a time; the unreadable file is a failure in both."""
+    out = tmp_path / "class"
+    report = execute(_job(world, out, "class", 2, None)).report
+    names = {Path(im["file"]).name: im["group"] for im in report["images"]}
+    assert [g["class"]["class"] for g in report["groups"]] == [1, 0, 2]  # G (3 images), then B and R (2 each, lower class first)
+    assert {n for n, g in names.items() if g == 0} == {"b_green.png", "d_green.png", "f_green.png"}
+    assert [Path(f["file"]).name for f in report["failures"]] == ["c_bad.png"]
+    report = execute(_job(world, tmp_path / "size", "size", 2, 3)).report
+    assert [g["images"] for g in report["groups"]] == [3, 3, 1]
+
+
+def test_resumed_class_run_keeps_every_group(world, tmp_path):
+    """A class run stopped after its first group, run again: every group and image is there
+    (a regression: resuming took the first group's end, the end of the file list, as the end
+    of the run, and reported 1 group and its images as complete)."""
+    ref = tmp_path / "ref"
+    full = execute(_job(world, ref, "class", 2, None)).report
+    out = tmp_path / "out"
+    assert execute(_job(world, out, "class", 2, None), stop_after=0).stopped
+    report = execute(_job(world, out, "class", 2, None)).report
+    assert report["resume"]["groups_reused"] == 1
+    assert len(report["groups"]) == len(full["groups"]) == 3 and len(report["images"]) == 7
+    with np.load(out / "pfv.npz") as z:
+        assert z["rgb"].shape[0] == 7
+    _same(ref, out)
+
+
+def test_plan_functions():
+    assert batches([4, 5, 7, 9, 10], 2) == [[4, 5], [7, 9], [10]]
+    assert size_groups([0, 2, 3], 2) == [[0, 2], [3]]
+    planned = class_groups([0, 1, 3, 4, 6], [5, 2, 5, 2, 7], ["five", "two", "five", "two", "seven"])
+    assert [(g.index, g.files, g.klass) for g in planned] == [
+        (0, [1, 4], {"class": 2, "label": "two"}), (1, [0, 3], {"class": 5, "label": "five"}), (2, [6], {"class": 7, "label": "seven"}),
+    ]  # fmt: skip
