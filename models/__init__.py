@@ -8,7 +8,7 @@ where its files are and how each model expects its input:
 'inception'
 
 The recipes that made the files (``export_efficientnet_lite0.py``,
-``copy_ppocr_cls.py``, ``train_synthetic.py``, ``copy_demo_images.py``) live
+``copy_ppocr_cls.py``, ``train_synthetic.py``, ``train_vit.py``, ``copy_demo_images.py``) live
 beside them; see README.md. Licences are in LICENSES.md.
 """
 
@@ -118,6 +118,39 @@ MODELS: dict[str, BundledModel] = {
             "per shape class. Input 1x3x64x64 RGB in [0, 1]."
         ),
         demo_folder="images/shapes",
+    ),
+    "synthetic-vit": BundledModel(
+        name="synthetic-vit",
+        file="synthetic_vit.onnx",
+        preset="raw",
+        color_order="RGB",
+        input_size=(64, 64),
+        labels_file="synthetic_labels.txt",
+        framework="PyTorch (TorchScript ONNX exporter, opset 17)",
+        licence="Apache-2.0, like pfv-onnx (trained here on generated data)",
+        demo_folder="images/shapes",
+        description=(
+            "Small vision transformer with a convolutional stem (8x8 patch grid, 4 blocks, a class "
+            "token read by the head) trained here on the synthetic shapes (train_vit.py); "
+            "multi-label, one sigmoid logit per shape class. Undertrained: held-out exact-match "
+            "accuracy 0.30 (per label 0.67). Input 1x3x64x64 RGB in [0, 1]."
+        ),
+    ),
+    "synthetic-vit-mean": BundledModel(
+        name="synthetic-vit-mean",
+        file="synthetic_vit_mean.onnx",
+        preset="raw",
+        color_order="RGB",
+        input_size=(64, 64),
+        labels_file="synthetic_labels.txt",
+        framework="PyTorch (TorchScript ONNX exporter, opset 17)",
+        licence="Apache-2.0, like pfv-onnx (trained here on generated data)",
+        demo_folder="images/shapes",
+        description=(
+            "The synthetic-vit network without a class token: the head reads the mean of the "
+            "patch tokens (train_vit.py --head mean). Undertrained: held-out exact-match accuracy "
+            "0.30 (per label 0.67). Input 1x3x64x64 RGB in [0, 1]."
+        ),
     ),
 }
 

@@ -428,12 +428,12 @@ def ground_truth(torch, fam: Family, model) -> dict[str, Any]:
             "h": h, "w": w, "c": c, "special": s, "tokens": t_total}  # fmt: skip
 
 
-def match(path: pathlib.Path, truth: dict[str, Any]) -> list[dict[str, Any]]:
+def match(path: pathlib.Path, truth: dict[str, Any], feed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The ONNX tensors whose values are the hooked activation (in some view of the grid)."""
     import numpy as np
     import onnx
 
-    values = all_tensors(path, {"input": truth["x"]})
+    values = all_tensors(path, feed or {"input": truth["x"]})
     producer = {o: nd.op_type for nd in onnx.load(str(path)).graph.node for o in nd.output}
     g = truth["grid_values"]
     tol = 1e-4 * float(np.abs(g).max())
@@ -512,14 +512,7 @@ def write_pad_fixtures(torch, out_dir: pathlib.Path) -> None:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     x_nhwc = np.ascontiguousarray(truth["x"].transpose(0, 2, 3, 1))
     diff = float(np.abs(sess.run(None, {"input_1": x_nhwc})[0] - truth["logits"]).max())
-    values = all_tensors(path, {"input_1": x_nhwc})
-    g = truth["grid_values"]
-    tensors = []
-    for name, t in values.items():
-        for view, v in _views(np.asarray(t, np.float64), 2, truth["c"], truth["h"], truth["w"], truth["tokens"], 0):
-            if float(np.abs(v - g).max()) <= 1e-4 * float(np.abs(g).max()):
-                tensors.append({"name": name, "op": "Relu", "shape": list(t.shape), "view": view})
-                break
+    tensors = match(path, truth, {"input_1": x_nhwc})
     manifest = json.loads((out_dir / "pad_cnn_torchscript.json").read_text())
     manifest.update(exporter="tf2onnx-style", file=path.name, input={"name": "input_1", "layout": "NHWC", "size": list(fam.size)},
                     max_logit_difference=diff)  # fmt: skip
