@@ -57,3 +57,13 @@ def test_interrupted_run_says_how_to_resume(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "pfv-onnx run: interrupted; run the same command again to resume: finished groups are kept"
     assert main(["inspect", "m.onnx"]) == 130
     assert capsys.readouterr().err.strip() == "pfv-onnx inspect: interrupted"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_options_are_grouped(command, capsys):
+    """Under the generic "options:" heading only -h and --debug remain; every other option sits in a named group."""
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    generic = text.split("\noptions:\n", 1)[1].split("\n\n", 1)[0] if "\noptions:\n" in text else ""
+    flags = [ln.split()[0].rstrip(",") for ln in generic.splitlines() if ln.startswith("  -")]
+    assert set(flags) <= {"-h", "--debug"}, flags

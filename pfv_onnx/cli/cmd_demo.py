@@ -14,11 +14,12 @@ DEFAULT_OUTDIR = "pfv-demo"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--outdir", default=DEFAULT_OUTDIR, metavar="OUTDIR", help=f"folder for the results (default {DEFAULT_OUTDIR})")
-    parser.add_argument("--model", metavar="NAME", help="another bundled model by name (default: the default model)")
+    own = parser.add_argument_group("demo")
+    own.add_argument("-o", "--outdir", default=DEFAULT_OUTDIR, metavar="OUTDIR", help=f"folder for the results (default {DEFAULT_OUTDIR})")
+    own.add_argument("--model", metavar="NAME", help="another bundled model by name (default: the default model)")
     _args.add_runtime_options(parser, batching=False)
-    parser.add_argument("--overwrite", action="store_true", help="redo every image; by default a finished demo in OUTDIR is found done")
-    _args.add_quiet(parser)
+    own.add_argument("--overwrite", action="store_true", help="redo every image; by default a finished demo in OUTDIR is found done")
+    _args.add_quiet(own)
 
 
 def run(args: argparse.Namespace) -> int:

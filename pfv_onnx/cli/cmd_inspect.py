@@ -19,8 +19,9 @@ from . import _args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _args.add_model_options(parser)
-    parser.add_argument("--size", type=_args.size_hw, metavar="N|HxW", help="analyse at this input size (default: the model's)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    own = parser.add_argument_group("inspect")
+    own.add_argument("--size", type=_args.size_hw, metavar="N|HxW", help="analyse at this input size (default: the model's)")
+    own.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _value(x: Any) -> Any:

@@ -33,28 +33,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _args.add_pfv_options(parser)
     _args.add_preprocessing_options(parser)
     _args.add_runtime_options(parser)
-    parser.add_argument("--basis", metavar="BASIS.npz", help="project onto a basis from 'pfv-onnx fit': the same colours in every group and run")
-    parser.add_argument(
+    groups = parser.add_argument_group("groups and resuming")
+    files = parser.add_argument_group("files written")
+    ray = parser.add_argument_group("Ray (pip install 'pfv-onnx[ray]')")
+    groups.add_argument("--basis", metavar="BASIS.npz", help="project onto a basis from 'pfv-onnx fit': the same colours in every group and run")
+    groups.add_argument(
         "--overwrite",
         action="store_true",
         help="redo every image; by default a run started again with the same arguments keeps the groups "
         "an interrupted run in OUTDIR finished, and finds a complete one done",
     )
-    parser.add_argument(
+    groups.add_argument(
         "--group-by",
         choices=("class",),
         help="class: one decomposition per predicted class (argmax of the model's first class-score output), "
         "so colours contrast the features within a class",
     )
-    parser.add_argument("--no-html", action="store_true", help=f"do not write the page OUTDIR/{REPORT_HTML}")
-    parser.add_argument(
+    files.add_argument("--no-html", action="store_true", help=f"do not write the page OUTDIR/{REPORT_HTML}")
+    files.add_argument(
         "--overlay-format",
         choices=OVERLAY_FORMATS,
         default="auto",
         help="file format of the overlays (NAME.overlay.*). auto (default): JPEG (quality 95, full colour "
         "resolution) for JPEG images, whose pixels are lossy already, PNG for the rest. The maps (NAME.pfv.png) are always PNG",
     )
-    parser.add_argument(
+    ray.add_argument(
         "--ray",
         nargs="?",
         const="",
@@ -62,8 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="decode and run the forward passes on Ray: the cluster at ADDRESS ('auto', 'ray://host:10001'), "
         "else RAY_ADDRESS or a new local one (pip install 'pfv-onnx[ray]'; the model and images at the same paths on every node)",
     )
-    parser.add_argument("--actors", type=_args.positive_int, metavar="N", help="Ray actors (default: one per GPU, else per CPU)")
-    parser.add_argument(
+    ray.add_argument("--actors", type=_args.positive_int, metavar="N", help="Ray actors (default: one per GPU, else per CPU)")
+    files.add_argument(
         "--npz-precision",
         choices=NPZ_PRECISIONS,
         default="uint8",

@@ -51,8 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _args.add_pfv_options(parser)
     _args.add_preprocessing_options(parser)
     _args.add_runtime_options(parser, batching=False)
-    parser.add_argument("--no-html", action="store_true", help="do not write the page OUTDIR/report.html")
-    parser.add_argument(
+    out = parser.add_argument_group("files written")
+    out.add_argument("--no-html", action="store_true", help="do not write the page OUTDIR/report.html")
+    g.add_argument(
         "--batch-size",
         type=_args.positive_int,
         help="images per forward pass (default: all at once); all images form one decomposition",

@@ -14,9 +14,10 @@ from . import _args
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     _args.add_model_options(parser)
-    parser.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the rewritten model")
-    parser.add_argument("--size", type=_args.size_hw, metavar="N|HxW", help="input size to analyse at (default: the model's)")
-    _args.add_quiet(parser)
+    own = parser.add_argument_group("surgery")
+    own.add_argument("-o", "--output", required=True, metavar="OUT.onnx", help="where to write the rewritten model")
+    own.add_argument("--size", type=_args.size_hw, metavar="N|HxW", help="input size to analyse at (default: the model's)")
+    _args.add_quiet(own)
 
 
 def run(args: argparse.Namespace) -> int:
