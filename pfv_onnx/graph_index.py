@@ -99,7 +99,11 @@ def build(model: onnx.ModelProto, info: dict[str, TensorInfo]) -> GraphIndex:
         for inp in node.input:
             if inp:
                 consumers.setdefault(inp, []).append(i)
-        if node.op_type == "Constant" or (node.input and all((not x) or x in constants for x in node.input) and node.op_type in PLUMBING):
+        # Weights stored quantised (a DequantizeLinear of an initializer, as onnxruntime's
+        # quantiser writes them) are constants too, not data flowing from the image.
+        if node.op_type == "Constant" or (
+            node.input and all((not x) or x in constants for x in node.input) and (node.op_type in PLUMBING or node.op_type == "DequantizeLinear")
+        ):
             constants.update(o for o in node.output if o)
     inits = {t.name: t for t in model.graph.initializer}
     return GraphIndex(nodes, producer, consumers, info, constants, [o.name for o in model.graph.output], inits)

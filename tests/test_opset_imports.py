@@ -69,3 +69,17 @@ def test_a_node_of_an_unknown_domain_inside_a_subgraph_is_refused(tmp_path):
     onnx.save(m, str(path))
     with pytest.raises(ModelError, match=r"custom operators of domain 'com\.example\.nothing_uses_this' \(Secret\)"):
         PFV(str(path), provider="cpu")
+
+
+def test_quantised_model_is_weighted_like_its_float_original(efficientnet_int8):
+    """onnxruntime's quantiser stores weights as DequantizeLinear of int8 initializers, placed
+    early in the graph: they are constants, not data, and must not hide the stage outputs from
+    the choice of weighting maps. The int8 copy is weighted at the float model's resolutions,
+    by the dequantised copies of the same activations."""
+    from pfv_onnx import inspect
+
+    float_report = inspect(str(derived_models.EFFICIENTNET))
+    int8_report = inspect(str(efficientnet_int8))
+    assert [fm.hw for fm in int8_report.weighting] == [fm.hw for fm in float_report.weighting] and float_report.weighting
+    for q, f in zip(int8_report.weighting, float_report.weighting):
+        assert q.name.startswith(f.name), (q.name, f.name)
