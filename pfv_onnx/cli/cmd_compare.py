@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, PfvError
     from ..inputs import collect_images, crop_box, decode_image, preprocess, stack_batch
     from ..outputs import atomic_write_bytes, atomic_write_text, unique_names, write_json
+    import cv2
+
     from ..render import encode_jpeg, encode_png
 
     if args.fail_quantile is not None and args.fail_over is None:
@@ -156,8 +158,10 @@ def run(args: argparse.Namespace) -> int:
     all_names = unique_names(list(found.files))
     name_of = {str(f): n for f, n in zip(found.files, all_names)}
     rows: list[dict[str, Any]] = []
-    kept: list[tuple[float, int, Any]] = []  # (drift, index, picture) of the most changed, for the mosaic and page
-    keep = max(args.mosaic_count, PAGE_PICTURES)
+    # the most changed only, so memory does not grow with the images: (drift, index, picture) for the
+    # mosaic, (drift, index, JPEG thumbnail) for the page
+    mosaic: list[tuple[float, int, Any]] = []
+    thumbs: list[tuple[float, int, bytes]] = []
     result = None
     with warnings.catch_warnings(record=True) as caught:  # the self-check's findings: one line each, and in compare.json
         warnings.simplefilter("always", RuntimeWarning)
@@ -176,12 +180,15 @@ def run(args: argparse.Namespace) -> int:
                 )
                 rel = f"{PICTURES}/{name}.compare.png"
                 atomic_write_bytes(outdir / rel, encode_png(pic), durable=False)
-                kept.append((drift, len(rows), pic))
+                mosaic.append((drift, len(rows), pic))
+                small = cv2.resize(pic, (THUMB_WIDTH, round(pic.shape[0] * THUMB_WIDTH / pic.shape[1])), interpolation=cv2.INTER_AREA)
+                thumbs.append((drift, len(rows), encode_jpeg(small, quality=85)))
                 rows.append({
                     "name": name, "file": str(img.path), "drift": drift, "top1_reference": top_r, "top1_candidate": top_c,
                     "label_reference": lab_r, "label_candidate": lab_c, "picture": rel,
                 })
-            kept = sorted(kept, key=lambda t: (-t[0], t[1]))[:keep]
+            mosaic = sorted(mosaic, key=lambda t: (-t[0], t[1]))[: args.mosaic_count]
+            thumbs = sorted(thumbs, key=lambda t: (-t[0], t[1]))[:PAGE_PICTURES]
             del images, part
         if streamed is not None and rows:
             result = streamed.finish()
@@ -190,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
     for note in notes:
         print(f"pfv-onnx compare: warning: {note}", file=sys.stderr)
-    atomic_write_bytes(outdir / MOSAIC, encode_png(compare_report.stack([pic for _, _, pic in kept[: args.mosaic_count]])), durable=False)
+    atomic_write_bytes(outdir / MOSAIC, encode_png(compare_report.stack([pic for _, _, pic in mosaic])), durable=False)
 
     summary = result.summary()
     summary["warnings"] = notes
@@ -212,14 +219,8 @@ def run(args: argparse.Namespace) -> int:
         "reference": {"path": str(Path(args.reference).resolve()), "sha256": ref.model_sha256},
         "candidate": {"path": str(Path(args.candidate).resolve()), "sha256": cand.model_sha256},
     }
-    import cv2
-
-    thumbs = {}
-    for _, j, pic in kept[:PAGE_PICTURES]:
-        small = cv2.resize(pic, (THUMB_WIDTH, round(pic.shape[0] * THUMB_WIDTH / pic.shape[1])), interpolation=cv2.INTER_AREA)
-        thumbs[rows[j]["name"]] = encode_jpeg(small, quality=85)
     write_json(outdir / REPORT, {"pfv_onnx_version": __version__, "images": rows, "failures": failures, "summary": summary})
-    atomic_write_text(outdir / PAGE, compare_report.page(summary, rows, thumbs, f"{Path(args.reference).name} vs {Path(args.candidate).name}"))
+    atomic_write_text(outdir / PAGE, compare_report.page(summary, rows, {rows[j]["name"]: jpeg for _, j, jpeg in thumbs}, f"{Path(args.reference).name} vs {Path(args.candidate).name}"))
     if not args.quiet:
         _print_summary(summary, outdir, len(failures))
     return exit_code
