@@ -66,6 +66,8 @@ def test_streaming_changes_nothing_and_cka_is_linear_cka(models, basis, tmp_path
     assert [r["name"] for r in two["images"]] == [r["name"] for r in seven["images"]]
     assert drift_two.min() > 0.01  # a real change, so the agreement below means something
     np.testing.assert_allclose(drift_two, drift_seven, atol=1e-6)
+    ev_two, ev_seven = two["summary"]["channel_evidence"], seven["summary"]["channel_evidence"]
+    assert ev_two["matched_share"] == ev_seven["matched_share"] and abs(ev_two["median_correlation"] - ev_seven["median_correlation"]) < 1e-6
     # linear CKA of the two E_L over all images and positions, in plain NumPy
     batch = dm.photo_batch()
     _, ref = graphs.fetch(onnx.load(str(dm.EFFICIENTNET)), [dm.EFFICIENTNET_EL], batch)

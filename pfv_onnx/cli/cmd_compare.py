@@ -9,6 +9,10 @@ component maps; over the set, linear CKA of the two decomposed maps. Writes comp
 a picture per image (image | reference | candidate | difference), compare_mosaic.png (the
 most-changed images) and compare.html.
 
+With --basis (fitted on the reference by `pfv-onnx fit`), the reference's colour space is the
+fitted basis and the images stream through in chunks, so memory does not grow with their
+number (same-channel copies only; one machine, no Ray).
+
 Exit codes: 0 done (and under --fail-over); 1 some inputs failed (the others compared);
 2 usage or model error; 3 the compared drift exceeds --fail-over.
 """
