@@ -184,15 +184,21 @@ def channel_evidence(E_ref: Any, E_cand: Any) -> ChannelEvidence:
     X = _standardised(pca.observations(E_ref))
     Y = _standardised(pca.observations(E_cand))
     varying = np.flatnonzero((np.abs(X).sum(axis=0) > 0) & (np.abs(Y).sum(axis=0) > 0))
-    if varying.size == 0:
-        return ChannelEvidence(False, 0.0, float("nan"), "no channel varies over the images")
     corr = (X[:, varying].T @ Y[:, varying]) / X.shape[0]  # (reference, candidate) Pearson correlations
+    return evidence_from_correlation(corr)
+
+
+def evidence_from_correlation(corr: np.ndarray) -> ChannelEvidence:
+    """The channel evidence from the (reference, candidate) Pearson correlations of the
+    channels that vary in both models (same indices on both axes)."""
+    if corr.size == 0:
+        return ChannelEvidence(False, 0.0, float("nan"), "no channel varies over the images")
     diagonal = np.diag(corr)
-    matched = float(np.mean(np.argmax(corr, axis=1) == np.arange(varying.size)))
+    matched = float(np.mean(np.argmax(corr, axis=1) == np.arange(corr.shape[0])))
     median = float(np.median(diagonal))
     same = matched >= SAME_CHANNEL_SHARE
     reason = (
-        f"{matched:.0%} of {varying.size} varying channels correlate best with the candidate channel of the same index "
+        f"{matched:.0%} of {corr.shape[0]} varying channels correlate best with the candidate channel of the same index "
         f"(median correlation {median:.3f}); {'at least' if same else 'under'} {SAME_CHANNEL_SHARE:.0%} means the same channels"
     )
     return ChannelEvidence(same, matched, median, reason)

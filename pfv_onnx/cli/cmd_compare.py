@@ -9,6 +9,10 @@ component maps; over the set, linear CKA of the two decomposed maps. Writes comp
 a picture per image (image | reference | candidate | difference), compare_mosaic.png (the
 most-changed images) and compare.html.
 
+With --basis (fitted on the reference by `pfv-onnx fit`), the reference's colour space is the
+fitted basis and the images stream through in chunks, so memory does not grow with their
+number (same-channel copies only; one machine, no Ray).
+
 Exit codes: 0 done (and under --fail-over); 1 some inputs failed (the others compared);
 2 usage or model error; 3 the compared drift exceeds --fail-over.
 """
@@ -20,6 +24,7 @@ import copy
 import sys
 import warnings
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from . import _args
@@ -65,6 +70,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--fail-over", type=_args.unit_float, metavar="D", help=f"exit {EXIT_DRIFT} when the compared drift exceeds D (a gate for CI)")
     g.add_argument("--fail-quantile", type=_args.unit_float, metavar="Q", help="compare this quantile of the drifts (0..1) instead of the largest")
+    g.add_argument(
+        "--basis", metavar="BASIS.npz",
+        help="the reference's colour space from a basis fitted on it ('pfv-onnx fit'): the images stream in chunks of "
+        "--group-size (default --batch-size), so memory does not grow with their number; same-channel copies only; no Ray",
+    )
     g.add_argument("--mosaic-count", type=_args.positive_int, default=8, metavar="N", help="images in the mosaic of the most changed (default 8)")
 
 
@@ -82,18 +92,19 @@ def candidate_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from .. import __version__, compare, compare_report
     from ..errors import InputError, PfvError
     from ..inputs import collect_images, crop_box, decode_image, preprocess, stack_batch
     from ..outputs import atomic_write_bytes, atomic_write_text, unique_names, write_json
+    import cv2
+
     from ..render import encode_jpeg, encode_png
 
     if args.fail_quantile is not None and args.fail_over is None:
         raise InputError("--fail-quantile needs --fail-over D")
-    if getattr(args, "group_size", None):
-        raise InputError("compare decomposes all the images at once; leave --group-size out (--batch-size sets the forward passes)")
+    if getattr(args, "group_size", None) and not args.basis:
+        raise InputError("compare decomposes all the images at once; leave --group-size out (--batch-size sets the forward passes), or give --basis to stream")
     found = collect_images(args.inputs)
     failures = [{"file": f, "reason": r} for f, r in found.missing]
     if not found.files:
@@ -104,62 +115,99 @@ def run(args: argparse.Namespace) -> int:
     cand = _args.build_pfv(cargs, args.candidate)
     config_r, config_c = _args.resolve(args, ref), _args.resolve(cargs, cand)
     prep_r, prep_c = config_r.preprocessing, config_c.preprocessing
+    streamed = None
+    if args.basis:
+        from ..basis import load
+        from ..compare_stream import StreamedComparison
+        from ..runplan import check_basis_size
 
-    images, tensors_r, tensors_c = [], [], []
-    for path in found.files:
-        try:
-            img = decode_image(path, max_pixels=args.max_pixels)
-            tensors_r.append(preprocess(img.bgr, prep_r))
-            tensors_c.append(preprocess(img.bgr, prep_c))
-            images.append(img)
-        except PfvError as exc:
-            failures.append({"file": str(path), "reason": " ".join(str(exc).split())})
-    if not images:
-        raise InputError(f"none of the {len(found.files)} images could be read ({failures[0]['file']}: {failures[0]['reason']})")
-    with warnings.catch_warnings(record=True) as caught:  # the self-check's findings: one line each, and in compare.json
-        warnings.simplefilter("always", RuntimeWarning)
-        result = compare.compare(
-            ref, cand, stack_batch(tensors_r, prep_r.layout), stack_batch(tensors_c, prep_c.layout),
-            batch_size=args.batch_size, channels=args.channels,
-        )
-    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
-    for note in notes:
-        print(f"pfv-onnx compare: warning: {note}", file=sys.stderr)
-    del tensors_r, tensors_c
+        fitted = load(args.basis, ref)  # refuses a basis of another model or other maps
+        check_basis_size(fitted, prep_r.size)
+        streamed = StreamedComparison(ref, cand, fitted, channels=args.channels)
 
-    names = unique_names([img.path for img in images])
-    labels_r, labels_c = config_r.labels, config_c.labels or config_r.labels
+    def decoded(files: list[Any]) -> tuple[list[Any], list[Any], list[Any]]:
+        images, tensors_r, tensors_c = [], [], []
+        for path in files:
+            try:
+                img = decode_image(path, max_pixels=args.max_pixels)
+                tensors_r.append(preprocess(img.bgr, prep_r))
+                tensors_c.append(preprocess(img.bgr, prep_c))
+                images.append(img)
+            except PfvError as exc:
+                failures.append({"file": str(path), "reason": " ".join(str(exc).split())})
+        return images, tensors_r, tensors_c
+
+    def chunks() -> Iterator[tuple[list[Any], Any]]:
+        """(images, their comparison) per chunk: all at once, or streamed with --basis."""
+        if streamed is None:
+            images, tensors_r, tensors_c = decoded(list(found.files))
+            if images:
+                yield images, compare.compare(
+                    ref, cand, stack_batch(tensors_r, prep_r.layout), stack_batch(tensors_c, prep_c.layout),
+                    batch_size=args.batch_size, channels=args.channels,
+                )
+            return
+        step = args.group_size or args.batch_size
+        for i in range(0, len(found.files), step):
+            images, tensors_r, tensors_c = decoded(list(found.files[i : i + step]))
+            if images:
+                yield images, streamed.add(stack_batch(tensors_r, prep_r.layout), stack_batch(tensors_c, prep_c.layout), batch_size=args.batch_size)
+
     outdir = Path(args.outdir)
     try:
         (outdir / PICTURES).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"cannot create the output folder {outdir}: {exc.strerror or exc}") from None
-
+    labels_r, labels_c = config_r.labels, config_c.labels or config_r.labels
+    all_names = unique_names(list(found.files))
+    name_of = {str(f): n for f, n in zip(found.files, all_names)}
     rows: list[dict[str, Any]] = []
-    pictures: dict[str, Any] = {}
-    for i, (img, name) in enumerate(zip(images, names)):
-        lab_r = _label(labels_r, result.top1_reference[i], result.classes[0])
-        lab_c = _label(labels_c, result.top1_candidate[i], result.classes[1])
-        caption = f"{name}  drift {result.drift[i]:.3f}  reference: {lab_r or result.top1_reference[i]}  candidate: {lab_c or result.top1_candidate[i]}"
-        pic = compare_report.side_by_side(
-            img.bgr, result.reference_rgb[i], result.candidate_rgb[i],
-            crop_box(img.width, img.height, prep_r), crop_box(img.width, img.height, prep_c), caption,
-        )
-        rel = f"{PICTURES}/{name}.compare.png"
-        atomic_write_bytes(outdir / rel, encode_png(pic), durable=False)
-        pictures[name] = pic
-        rows.append({
-            "name": name, "file": str(img.path), "drift": float(result.drift[i]),
-            "top1_reference": result.top1_reference[i], "top1_candidate": result.top1_candidate[i],
-            "label_reference": lab_r, "label_candidate": lab_c, "picture": rel,
-        })
-    order = np.argsort(-result.drift, kind="stable")
-    most = [pictures[names[j]] for j in order[: args.mosaic_count]]
-    atomic_write_bytes(outdir / MOSAIC, encode_png(compare_report.stack(most)), durable=False)
+    # the most changed only, so memory does not grow with the images: (drift, index, picture) for the
+    # mosaic, (drift, index, JPEG thumbnail) for the page
+    mosaic: list[tuple[float, int, Any]] = []
+    thumbs: list[tuple[float, int, bytes]] = []
+    result = None
+    with warnings.catch_warnings(record=True) as caught:  # the self-check's findings: one line each, and in compare.json
+        warnings.simplefilter("always", RuntimeWarning)
+        for images, part in chunks():
+            result = part
+            for j, img in enumerate(images):
+                name = name_of[str(img.path)]
+                top_r, top_c = part.top1_reference[j], part.top1_candidate[j]
+                classes = streamed.classes if streamed is not None else part.classes
+                lab_r, lab_c = _label(labels_r, top_r, classes[0]), _label(labels_c, top_c, classes[1])
+                drift = float(part.drift[j])
+                caption = f"{name}  drift {drift:.3f}  reference: {lab_r or top_r}  candidate: {lab_c or top_c}"
+                pic = compare_report.side_by_side(
+                    img.bgr, part.reference_rgb[j], part.candidate_rgb[j],
+                    crop_box(img.width, img.height, prep_r), crop_box(img.width, img.height, prep_c), caption,
+                )
+                rel = f"{PICTURES}/{name}.compare.png"
+                atomic_write_bytes(outdir / rel, encode_png(pic), durable=False)
+                mosaic.append((drift, len(rows), pic))
+                small = cv2.resize(pic, (THUMB_WIDTH, round(pic.shape[0] * THUMB_WIDTH / pic.shape[1])), interpolation=cv2.INTER_AREA)
+                thumbs.append((drift, len(rows), encode_jpeg(small, quality=85)))
+                rows.append({
+                    "name": name, "file": str(img.path), "drift": drift, "top1_reference": top_r, "top1_candidate": top_c,
+                    "label_reference": lab_r, "label_candidate": lab_c, "picture": rel,
+                })
+            mosaic = sorted(mosaic, key=lambda t: (-t[0], t[1]))[: args.mosaic_count]
+            thumbs = sorted(thumbs, key=lambda t: (-t[0], t[1]))[:PAGE_PICTURES]
+            del images, part
+        if streamed is not None and rows:
+            result = streamed.finish()
+    if result is None:
+        raise InputError(f"none of the {len(found.files)} images could be read ({failures[0]['file']}: {failures[0]['reason']})")
+    notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+    for note in notes:
+        print(f"pfv-onnx compare: warning: {note}", file=sys.stderr)
+    atomic_write_bytes(outdir / MOSAIC, encode_png(compare_report.stack([pic for _, _, pic in mosaic])), durable=False)
 
     summary = result.summary()
     summary["warnings"] = notes
     exit_code = 1 if failures else 0
+    if streamed is not None:
+        summary["basis"] = {"path": str(Path(args.basis).resolve()), "n_images": streamed.fitted.n_images, "streamed_in": args.group_size or args.batch_size}
     if args.fail_over is not None:
         compared = result.compared_drift(args.fail_quantile)
         failed = compared > args.fail_over
@@ -175,15 +223,8 @@ def run(args: argparse.Namespace) -> int:
         "reference": {"path": str(Path(args.reference).resolve()), "sha256": ref.model_sha256},
         "candidate": {"path": str(Path(args.candidate).resolve()), "sha256": cand.model_sha256},
     }
-    thumbs = {}
-    for j in order[:PAGE_PICTURES]:
-        pic = pictures[names[j]]
-        import cv2
-
-        small = cv2.resize(pic, (THUMB_WIDTH, round(pic.shape[0] * THUMB_WIDTH / pic.shape[1])), interpolation=cv2.INTER_AREA)
-        thumbs[names[j]] = encode_jpeg(small, quality=85)
     write_json(outdir / REPORT, {"pfv_onnx_version": __version__, "images": rows, "failures": failures, "summary": summary})
-    atomic_write_text(outdir / PAGE, compare_report.page(summary, rows, thumbs, f"{Path(args.reference).name} vs {Path(args.candidate).name}"))
+    atomic_write_text(outdir / PAGE, compare_report.page(summary, rows, {rows[j]["name"]: jpeg for _, j, jpeg in thumbs}, f"{Path(args.reference).name} vs {Path(args.candidate).name}"))
     if not args.quiet:
         _print_summary(summary, outdir, len(failures))
     return exit_code
