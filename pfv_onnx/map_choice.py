@@ -18,7 +18,7 @@ import onnx
 from .candidates import MapGraph, find_maps
 from .errors import InputError, ModelError
 from .feature_maps import FeatureMap, Layout, Role
-from .graph_index import PLUMBING, GraphIndex, depths
+from .graph_index import PLUMBING, GraphIndex, attr, depths
 from .layouts import rank4
 from .model_io import DEFAULT_MAX_TENSOR_BYTES, InputSpec, TensorInfo
 
@@ -53,14 +53,46 @@ class Analysis:
         return [*self.weighting, self.decomposed]
 
 
-def single_resolution_token_weighting(decomposed: FeatureMap) -> list[FeatureMap]:
+def single_resolution_token_weighting(m: MapGraph, decomposed: FeatureMap) -> list[FeatureMap]:
     """Weighting maps of a token model whose network has no grid finer than its patch grid (a plain ViT).
 
-    No weighting: the components are upsampled as they are. The patch embedding is the only
-    layer finer than nothing, and the input image is never a weighting map; a better choice (for
-    example the norm of the patch tokens) is only to be made here, on a measured reason.
+    The attention each patch token receives in the last attention block above E_L (its Softmax
+    probabilities (N, heads, T, T), averaged over heads and queries, on E_L's grid): of the
+    weightings a plain ViT has, the only one at least as good as none on every measure with
+    both trained token models (docs/TOKEN_MODELS.md). No weighting where the graph has no such Softmax.
     """
-    return []
+    t = decomposed.tokens
+    assert t is not None
+    g = m.g
+    total = t.shape[t.token_axis]
+    above: set[str] = set()
+    stack = [decomposed.name]
+    while stack:
+        node = g.producer_node(stack.pop())
+        for x in node.input if node is not None else ():
+            if x and x not in above and x in m.reach:
+                above.add(x)
+                stack.append(x)
+    found = []
+    for name in above:
+        node = g.producer_node(name)
+        shape = g.shape(name)
+        if node is None or node.op_type != "Softmax" or shape is None or len(shape) != 4 or shape[2:] != (total, total):
+            continue
+        if attr(node, "axis", -1) in (-1, 3) and any(g.nodes[ci].op_type in MIXING for ci in g.consumers.get(name, [])):
+            found.append(name)
+    if not found:
+        return []
+    depth = depths(g)
+    name = max(found, key=lambda x: depth.get(x, 0))
+    n = decomposed.shape[0]
+    h, w = decomposed.hw
+    received = replace(t, shape=(n, 1, total), token_axis=2, attention=True)
+    dtype = onnx.TensorProto.DataType.Name(g.info[name].elem_type).lower()
+    reason = (f"attention each patch token receives in the last attention block ({g.producer_node(name).op_type} "  # type: ignore[union-attr]
+              "probabilities averaged over heads and queries): the measured choice for single-resolution token models")
+    return [FeatureMap(name, "Softmax", (n, 1, h, w), Layout.NCHW, dtype, Role.WEIGHTING, reason, received,
+                       grid_from=f"the key axis of {list(shape)} attention probabilities, on E_L's {h}x{w} grid")]
 
 
 def analyse(
@@ -110,9 +142,10 @@ def analyse(
                 "never the input image, a Pad, or a map whose grid is not the input's divided by a whole stride"
             )
         elif decomposed.tokens is not None:
-            weighting = single_resolution_token_weighting(decomposed)
+            weighting = single_resolution_token_weighting(m, decomposed)
             notes.append("single-resolution token model (no layer works at a grid finer than the patch grid): "
-                         "the components are upsampled unweighted")
+                         + (f"the components are weighted by the attention each patch token receives in {weighting[0].name}"
+                            if weighting else "the components are upsampled unweighted (no attention Softmax above E_L)"))
             if decomposed.tokens.before or decomposed.tokens.after:
                 warnings.append(
                     "E_L holds the patch tokens of a single-resolution transformer with special (class/register) tokens: "
