@@ -117,3 +117,13 @@ def audit_flags(
         atypical=np.nan_to_num(dist, nan=-np.inf) > atypical_distance,
         low_confidence=np.nan_to_num(s, nan=np.inf) < low_confidence,
     )
+
+
+def record_flags(images: Sequence[dict], colours: np.ndarray, k: int) -> list[dict[str, object]]:
+    """Each image record's flags (see :meth:`AuditFlags.record`), as report.json stores them and the
+    page shows them. ``images``: report.json's image records (prediction, group); ``colours``:
+    (n, k) mean colours of their maps (see :func:`mean_colours`), of which the drawn components count."""
+    preds = [r.get("prediction") if isinstance(r.get("prediction"), dict) else {} for r in images]
+    sig = np.asarray(colours, dtype=np.float64)[:, : min(k, 3) if k > 1 else 1]
+    flags = audit_flags(sig, [p.get("class") for p in preds], [p.get("score") for p in preds], [int(r.get("group", 0)) for r in images])
+    return [flags.record(i) for i in range(len(images))]
