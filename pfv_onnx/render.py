@@ -69,11 +69,14 @@ def diverging(values: np.ndarray, scale: float) -> np.ndarray:
     ``values / scale`` clipped to [-1, 1]: -1 is :data:`DIVERGING_NEG`, 0 white, +1
     :data:`DIVERGING_POS`, linear in between. NaN is white.
     """
-    t = np.clip(np.nan_to_num(np.asarray(values, np.float64) / (float(scale) if scale > 0 else 1.0)), -1.0, 1.0)[..., None]
-    white = np.full(3, 255.0)
-    pos = white + t.clip(0, None) * (np.asarray(DIVERGING_POS, np.float64) - white)
-    out = pos + (-t).clip(0, None) * (np.asarray(DIVERGING_NEG, np.float64) - white)
-    return np.rint(out[..., ::-1]).astype(np.uint8)
+    t = np.asarray(values, np.float32) / np.float32(scale if scale > 0 else 1.0)
+    t = np.clip(np.nan_to_num(t, nan=0.0, posinf=1.0, neginf=-1.0), -1.0, 1.0)
+    pos, neg = np.maximum(t, 0), np.maximum(-t, 0)
+    out = np.empty((*t.shape, 3), np.uint8)
+    for ch, (hi, lo) in enumerate(zip(DIVERGING_POS[::-1], DIVERGING_NEG[::-1])):  # B, G, R: one plane at a time, in float32
+        plane = np.float32(255.0) + pos * np.float32(hi - 255) + neg * np.float32(lo - 255)
+        out[..., ch] = np.rint(plane, out=plane)
+    return out
 
 
 def component_picture(values: np.ndarray, scale: float, size_hw: tuple[int, int], box: Box | None = None) -> np.ndarray:

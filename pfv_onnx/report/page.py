@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audit import mean_colours, record_flags
+from ..audit import mean_colours, median_colours, record_flags
 from ..render import component_ends
 from . import sections
 from .assets import PATCH_SIDE, THUMB_SIDE, Pictures, read_components, thumb_size
@@ -103,8 +103,7 @@ class Page:
                 with np.load(self.outdir / name, allow_pickle=False) as z:
                     if "rgb" in z.files and z["rgb"].ndim == 4 and max(rows, default=-1) < z["rgb"].shape[0]:
                         rgb = z["rgb"][rows]
-                        scale = 255.0 if rgb.dtype == np.uint8 else 1.0
-                        return mean_colours(rgb), np.median(rgb.reshape(len(rows), -1, rgb.shape[-1]), axis=1) / scale
+                        return mean_colours(rgb), median_colours(rgb)
             except (OSError, ValueError):
                 pass
         means, medians = [], []
