@@ -131,6 +131,15 @@ def test_encode_png_is_lossless_for_other_decoders(libdeflate, monkeypatch):
         np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), pic)
 
 
+@pytest.mark.parametrize("k", [3, 4])
+def test_map_to_bgr_clips_and_zeroes_nan(k):
+    rng = np.random.default_rng(6)
+    x = rng.random((9, 11, k), dtype=np.float32) * 1.4 - 0.2
+    x[0, 0, 0], x[1, 1, 1], x[2, 2, 2] = np.nan, np.inf, -np.inf
+    want = np.clip(np.nan_to_num(x[:, :, :3].astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)[:, :, ::-1]
+    np.testing.assert_array_equal(render.map_to_bgr(x), want.astype(np.float32))
+
+
 def test_float_to_uint8_rounds_and_saturates_like_numpy():
     """The one-pass OpenCV conversion of a map in [0, 1] equals clip(rint(255 x)) exactly, 255 x in float32."""
     rng = np.random.default_rng(3)

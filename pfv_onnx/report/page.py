@@ -101,9 +101,10 @@ class Page:
         if name and (self.outdir / name).is_file():
             try:
                 with np.load(self.outdir / name, allow_pickle=False) as z:
-                    if "rgb" in z.files and z["rgb"].ndim == 4 and max(rows, default=-1) < z["rgb"].shape[0]:
-                        rgb = z["rgb"][rows]
-                        return mean_colours(rgb), median_colours(rgb)
+                    rgb = z["rgb"] if "rgb" in z.files else None  # each z[key] reads (and inflates) the array again
+                if rgb is not None and rgb.ndim == 4 and max(rows, default=-1) < rgb.shape[0]:
+                    rgb = rgb[rows]
+                    return mean_colours(rgb), median_colours(rgb)
             except (OSError, ValueError):
                 pass
         means, medians = [], []
