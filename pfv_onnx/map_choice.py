@@ -319,6 +319,8 @@ def _auto_weighting(m: MapGraph, spatial: list[FeatureMap], decomposed: FeatureM
 
         pick = post[-1] if post else fms[-1]
         kind = f"activation ({pick.op})" if post else f"raw output of {pick.op} (no activation at this resolution)"
+        if pick.op == "DequantizeLinear":
+            kind = "activation (DequantizeLinear: the float values of an int8 activation)"
         chosen.append(
             replace(pick, role=Role.WEIGHTING, reason=f"stage output at {res[0]}x{res[1]}: the last {kind} every path to the head passes through")
         )
