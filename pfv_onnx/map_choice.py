@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
 
+from .cancellation import Probe, drop_cancelled
 from .candidates import MapGraph, find_maps
 from .errors import InputError, ModelError
 from .feature_maps import FeatureMap, Layout, Role
 from .graph_index import PLUMBING, GraphIndex, depths
 from .layouts import rank4
-from .model_io import DEFAULT_MAX_TENSOR_BYTES, InputSpec, TensorInfo
+from .model_io import DEFAULT_MAX_TENSOR_BYTES, InputSpec
 
 ACTIVATIONS = {
     "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -71,7 +72,7 @@ def analyse(
     input_layout: Layout,
     layer: str | None = None,
     weight_layers: Sequence[str] | None = None,
-    probe: Callable[[onnx.ModelProto, list[str], tuple[int, ...]], dict[str, TensorInfo]] | None = None,
+    probe: Probe | None = None,
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
 ) -> Analysis:
     """List the spatial maps of ``model`` at input size ``size`` and choose E_L and the weighting maps."""
@@ -121,6 +122,12 @@ def analyse(
                 )
         else:
             notes.append("no spatial map is finer than E_L: the components are upsampled unweighted")
+
+    if weighting and probe is not None:
+        weighting, dropped = drop_cancelled(model, spec, size, input_layout, m.g, weighting, probe, named=weight_layers is not None)
+        warnings += dropped
+        if dropped and not weighting:
+            notes.append("no weighting map is left (their channel sums cancel): the components are upsampled unweighted")
 
     chosen = {fm.name: fm for fm in [*weighting, decomposed]}
     candidates = [chosen.get(fm.name, fm) for fm in spatial]
