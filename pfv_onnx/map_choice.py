@@ -84,7 +84,7 @@ def analyse(
 
     # E_L
     if layer is not None:
-        decomposed = _match_one(layer, spatial, "layer")
+        decomposed = _int8_copy(m.g, _match_one(layer, spatial, "layer"), by_name, notes)
         decomposed = replace(decomposed, role=Role.DECOMPOSED, reason=f"named by the caller ({layer!r})")
         notes.append(f"E_L named by the caller: {decomposed.name}")
     else:
@@ -96,7 +96,7 @@ def analyse(
     if weight_layers is not None:
         weighting = []
         for pattern in weight_layers:
-            for fm in _match_all(pattern, spatial, "weight_layers"):
+            for fm in (_int8_copy(m.g, x, by_name, notes) for x in _match_all(pattern, spatial, "weight_layers")):
                 if fm.name != decomposed.name and fm.name not in {x.name for x in weighting}:
                     weighting.append(replace(fm, role=Role.WEIGHTING, reason=f"named by the caller ({pattern!r})"))
         weighting.sort(key=lambda fm: order[fm.name])
@@ -132,6 +132,24 @@ def analyse(
     chosen = {fm.name: fm for fm in [*weighting, decomposed]}
     candidates = [chosen.get(fm.name, fm) for fm in spatial]
     return Analysis(spec, input_layout, size, candidates, decomposed, weighting, notes, quant_params, warnings)
+
+
+def _int8_copy(g: GraphIndex, fm: FeatureMap, by_name: dict[str, FeatureMap], notes: list[str]) -> FeatureMap:
+    """A QDQ graph's float map that only a QuantizeLinear reads exists in float only as written:
+    onnxruntime fuses it into an int8 operator, and tapping it would undo that fusion and move
+    the model's outputs. Its dequantised copy (the DequantizeLinear of that QuantizeLinear) is
+    what the model computes, and is used instead (said in the notes)."""
+    readers = [g.nodes[i] for i in g.consumers.get(fm.name, [])]
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or fm.name in g.outputs:
+        return fm
+    q = readers[0]
+    copies = [g.nodes[i].output[0] for i in g.consumers.get(q.output[0], []) if g.nodes[i].op_type == "DequantizeLinear"]
+    copy = next((by_name[c] for c in copies if c in by_name), None)
+    if copy is None:
+        return fm
+    notes.append(f"{fm.name!r} is only the float input of QuantizeLinear {q.name or q.output[0]!r}, which onnxruntime fuses into "
+                 f"an int8 operator: the model computes it as the int8 values that {copy.name!r} dequantises, tapped instead")
+    return copy
 
 
 def _token_words(fm: FeatureMap) -> str:

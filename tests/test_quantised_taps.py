@@ -76,3 +76,19 @@ def test_the_tapped_e_l_is_what_the_int8_head_reads(efficientnet_int8):
     logits = _plain_outputs(efficientnet_int8, batch)[model.graph.output[0].name]
     assert np.abs(predicted - logits).max() <= 1.01 * sl  # at most one quantisation step (rounding ties)
     assert (predicted.argmax(axis=1) == logits.argmax(axis=1)).all()
+
+
+def test_a_named_float_map_inside_a_qdq_pair_is_read_as_the_int8_model_computes_it(efficientnet_int8):
+    """The float input of a QuantizeLinear exists only before onnxruntime fuses it away: naming it
+    taps its dequantised int8 values (said in the notes), and the outputs stay unchanged."""
+    model = onnx.load(str(efficientnet_int8), load_external_data=False)
+    q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "/_swish_1/Clip_output_0")
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
+    pfv = PFV(str(efficientnet_int8), provider="cpu", layer="/_swish_1/Clip_output_0")
+    assert pfv.maps()[-1].name == dq.output[0]
+    assert any("/_swish_1/Clip_output_0" in note and "int8" in note for note in pfv.analysis().notes)
+    batch = derived_models.photo_batch()[:2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pfv.explain(batch)
+    assert pfv.self_check_result is not None and pfv.self_check_result.startswith("ok")
