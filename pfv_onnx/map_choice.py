@@ -84,8 +84,10 @@ def analyse(
 
     # E_L
     if layer is not None:
-        decomposed = _int8_copy(m.g, _match_one(layer, spatial, "layer"), by_name, notes)
-        decomposed = replace(decomposed, role=Role.DECOMPOSED, reason=f"named by the caller ({layer!r})")
+        named = _match_one(layer, spatial, "layer")
+        decomposed = _int8_copy(m.g, named, by_name, notes)
+        why = f"named by the caller ({layer!r})" + (f"; {notes[-1]}" if decomposed is not named else "")
+        decomposed = replace(decomposed, role=Role.DECOMPOSED, reason=why)
         notes.append(f"E_L named by the caller: {decomposed.name}")
     else:
         decomposed = _auto_decomposed(m, spatial, by_name, notes)
@@ -96,9 +98,11 @@ def analyse(
     if weight_layers is not None:
         weighting = []
         for pattern in weight_layers:
-            for fm in (_int8_copy(m.g, x, by_name, notes) for x in _match_all(pattern, spatial, "weight_layers")):
+            for named in _match_all(pattern, spatial, "weight_layers"):
+                fm = _int8_copy(m.g, named, by_name, notes)
+                why = f"named by the caller ({pattern!r})" + (f"; {notes[-1]}" if fm is not named else "")
                 if fm.name != decomposed.name and fm.name not in {x.name for x in weighting}:
-                    weighting.append(replace(fm, role=Role.WEIGHTING, reason=f"named by the caller ({pattern!r})"))
+                    weighting.append(replace(fm, role=Role.WEIGHTING, reason=why))
         weighting.sort(key=lambda fm: order[fm.name])
         if not weight_layers:
             notes.append("no weighting maps (weight_layers=[]): the components are upsampled unweighted")

@@ -87,6 +87,7 @@ def test_a_named_float_map_inside_a_qdq_pair_is_read_as_the_int8_model_computes_
     pfv = PFV(str(efficientnet_int8), provider="cpu", layer="/_swish_1/Clip_output_0")
     assert pfv.maps()[-1].name == dq.output[0]
     assert any("/_swish_1/Clip_output_0" in note and "int8" in note for note in pfv.analysis().notes)
+    assert "int8" in pfv.maps()[-1].reason  # the record (report.json, inspect) says it too
     batch = derived_models.photo_batch()[:2]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
