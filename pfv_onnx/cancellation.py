@@ -11,7 +11,7 @@ Cancellation is measured, not guessed from the graph: one forward pass at batch 
 pseudo-random input gives each map's ratio |sum_c E| / sum_c |E| (summed over positions). It
 is a property of the network, not of the images: a channel sum that is constant by
 construction cancels on any input. The forward pass is made only for maps that follow a
-normalisation over channels; any other map keeps its channel sum unmeasured.
+normalisation over one axis (a LayerNorm, GroupNorm, ...); any other map keeps its channel sum unmeasured.
 """
 
 from __future__ import annotations
