@@ -297,3 +297,24 @@ def test_map_file_holds_exactly_the_rendered_map(colour_run):
         assert (x0, y0, x1, y1) == (0, 0, w, h)
         mine = np.rint(cv2.resize(np.ascontiguousarray(m[:, :, ::-1]), (w, h), interpolation=cv2.INTER_LINEAR) * 255)
         assert np.abs(pic.astype(np.float64) - np.clip(mine, 0, 255)).max() <= 1
+
+
+def test_labels_that_do_not_fit_are_one_warning(vgg_model, tmp_path):
+    """3 labels for the 10 classes: one warning in report.json (none in the notes), and no names."""
+    import cv2
+
+    from pfv_onnx.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(8)
+    for i in range(5):
+        cv2.imwrite(str(folder / f"im{i}.png"), rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    out = tmp_path / "out"
+    assert main(["run", str(vgg_model), str(folder), "-o", str(out), "-q", "--labels", str(labels), "--no-html"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    about_labels = [w for w in report["warnings"] + report["notes"] if "labels" in w]
+    assert len(about_labels) == 1 and about_labels[0] in report["warnings"] and about_labels[0].startswith("3 labels")
+    assert all(im["prediction"]["label"] is None for im in report["images"])
