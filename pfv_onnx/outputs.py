@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 import unicodedata
 import zipfile
@@ -212,6 +213,25 @@ class RowSpool:
     def keys(self) -> list[str]:
         return list(self._parts)
 
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def count(self, key: str) -> int:
+        """Rows of ``key`` so far (0 for a key never appended)."""
+        return self._parts[key][3] if key in self._parts else 0
+
+    def array(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of ``key`` as a read-only memory-mapped array: its pages are
+        the file's, so reading it adds nothing to the process's own memory."""
+        f, dtype, tail, n = self._parts[key]
+        f.flush()
+        stop = n if stop is None else min(stop, n)
+        rows = max(stop - start, 0)
+        if rows == 0 or 0 in tail:
+            return np.empty((rows, *tail), dtype=dtype)
+        size = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
+        return np.memmap(f.name, dtype=dtype, mode="r", offset=start * size, shape=(rows, *tail))
+
     def rows(self, key: str) -> _Spooled:
         """The spooled rows of ``key``, for :func:`write_npz`."""
         f, dtype, tail, n = self._parts[key]
@@ -327,9 +347,12 @@ def clean_stale_temp_files(folder: str | os.PathLike[str], depth: int = 0) -> in
     if not d.is_dir():
         return 0
     for p in d.iterdir():
-        if p.name.startswith(_TEMP_PREFIX) and p.name.endswith(".tmp") and p.is_file():
+        if p.name.startswith(_TEMP_PREFIX) and p.name.endswith(".tmp") and (p.is_file() or p.is_dir()):
             try:
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # a run's spool of forward passes
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed += 1
             except OSError:
                 pass
