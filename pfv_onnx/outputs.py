@@ -167,6 +167,26 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], *, deflat
     return Path(path)
 
 
+def npz_row_blocks(path: str | os.PathLike[str], key: str, rows: int = 256) -> Iterator[np.ndarray]:
+    """The array ``key`` of a ``.npz`` archive, ``rows`` rows (axis 0) at a time, read from the
+    archive as a stream: a deflated entry is never inflated whole. ValueError when the entry
+    is not a plain C-ordered array; KeyError when there is none."""
+    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if fortran or dtype.hasobject or not shape:
+            raise ValueError(f"{key!r} is not a C-ordered array of rows")
+        tail = tuple(shape[1:])
+        row_bytes = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            data = f.read(n * row_bytes)
+            if len(data) != n * row_bytes:
+                raise ValueError(f"{key!r} ends before its last row")
+            yield np.frombuffer(data, dtype=dtype).reshape(n, *tail)
+
+
 class _Spooled:
     """The rows of one spooled array, read back block by block into an archive."""
 

@@ -12,10 +12,11 @@ TOP = 5
 
 def softmax(x: np.ndarray) -> np.ndarray:
     """Row-wise softmax of (n, classes) scores, in float64."""
-    z = np.asarray(x, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    z = np.array(x, dtype=np.float64)  # one copy, then in place: a run's group may have many rows
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def label_for(labels: Sequence[str] | None, c: int, classes: int) -> str | None:

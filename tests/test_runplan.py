@@ -256,3 +256,14 @@ def test_run_equals_the_in_memory_computation(world, tmp_path):
         pic = render.map_picture(res.rgb[j], (h, w), tuple(im["crop_box"]))
         assert np.array_equal(cv2.imread(str(out / im["outputs"]["map"]), cv2.IMREAD_UNCHANGED), pic)
     assert not [p.name for p in out.iterdir() if p.name.startswith(".pfv-tmp-")]
+
+
+@pytest.mark.parametrize("deflate", [[], ["rgb"]])
+def test_npz_rows_read_in_blocks_are_the_array(tmp_path, deflate):
+    from pfv_onnx.outputs import npz_row_blocks, write_npz
+
+    rgb = np.random.default_rng(2).integers(0, 256, (23, 5, 6, 3), dtype=np.uint8)
+    write_npz(tmp_path / "a.npz", {"x": np.arange(3), "rgb": rgb}, deflate=deflate)
+    blocks = list(npz_row_blocks(tmp_path / "a.npz", "rgb", rows=10))
+    assert [len(b) for b in blocks] == [10, 10, 3]
+    assert np.array_equal(np.concatenate(blocks), rgb)

@@ -8,6 +8,7 @@ script it shows every image in run order.
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,22 @@ class Page:
         name = ((self.report or {}).get("outputs") or {}).get("npz")
         rows = [int(r.get("row", 0)) for r in images]
         if name and (self.outdir / name).is_file():
-            try:
-                with np.load(self.outdir / name, allow_pickle=False) as z:
-                    if "rgb" in z.files and z["rgb"].ndim == 4 and max(rows, default=-1) < z["rgb"].shape[0]:
-                        rgb = z["rgb"][rows]
-                        scale = 255.0 if rgb.dtype == np.uint8 else 1.0
-                        return mean_colours(rgb), np.median(rgb.reshape(len(rows), -1, rgb.shape[-1]), axis=1) / scale
-            except (OSError, ValueError):
+            from ..outputs import npz_row_blocks
+
+            try:  # a few hundred maps at a time: the rows of a large run do not fit in memory at once
+                means, medians, start = {}, {}, 0
+                for rgb in npz_row_blocks(self.outdir / name, "rgb"):
+                    if rgb.ndim != 4:
+                        break
+                    scale = 255.0 if rgb.dtype == np.uint8 else 1.0
+                    block_means = mean_colours(rgb)
+                    block_medians = np.median(rgb.reshape(len(rgb), -1, rgb.shape[-1]), axis=1) / scale
+                    for j in range(len(rgb)):
+                        means[start + j], medians[start + j] = block_means[j], block_medians[j]
+                    start += len(rgb)
+                if all(r in means for r in rows):
+                    return np.asarray([means[r] for r in rows]).reshape(len(rows), -1), np.asarray([medians[r] for r in rows]).reshape(len(rows), -1)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 pass
         means, medians = [], []
         for rec in images:
