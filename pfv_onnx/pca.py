@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import float_range
+from . import float_range, threads
 from .errors import InputError
 from .xp import array_module, to_host
 
@@ -20,6 +20,8 @@ from .xp import array_module, to_host
 _BLOCK_ROWS = 2048
 # Rows per block of the Krylov products (a block of 64 rows of up to 2048 channels fits in L2).
 _APPLY_ROWS = 64
+# Row segments of the Krylov products, summed in float64 in a fixed order (spread over the threads).
+_SEGMENTS = 8
 # Rows per block of the column sums: float32 partial sums this long stay accurate to ~1e-7.
 _SUM_ROWS = 256
 # Up to this matrix size a full eigendecomposition costs less than an iterative top-k solver.
@@ -68,8 +70,12 @@ def observations(E: Any) -> Any:
 
         rows = np.empty((n, h * w, c), dtype=np.float32)
         planes = E.reshape(n, c, h * w)
-        for i in range(n):
-            cv2.transpose(planes[i], dst=rows[i])
+
+        def transpose(span: tuple[int, int]) -> None:
+            for i in range(*span):
+                cv2.transpose(planes[i], dst=rows[i])
+
+        threads.run(transpose, threads.spans(n, threads.count()))
         return rows.reshape(n * h * w, c)
     return xp.ascontiguousarray(E.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
 
@@ -90,7 +96,12 @@ def centred(X: Any) -> tuple[Any, Any]:
     """(X - mean) in float32 and the float64 column means."""
     xp = array_module(X)
     mean = column_mean(X)
-    return X - mean.astype(xp.float32), mean
+    if xp is not np:
+        return X - mean.astype(xp.float32), mean
+    m32 = mean.astype(np.float32)
+    out = np.empty(X.shape, dtype=np.result_type(X.dtype, np.float32))
+    threads.run(lambda s: np.subtract(X[s[0] : s[1]], m32, out=out[s[0] : s[1]]), threads.spans(X.shape[0], threads.count()))
+    return out, mean
 
 
 
@@ -329,7 +340,7 @@ def _fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
     total_variance = max(trace, 0.0) / (m - 1)
     mean_exact = mean + resid
     # (Xc - 1 r^T) V without a copy of Xc.
-    P = Xc @ V.astype(xp.float32) - (resid @ V).astype(xp.float32)
+    P = _project_rows(Xc, V.astype(xp.float32), (resid @ V).astype(xp.float32))
     signs = orient(V, P)
     V = V * signs
     P = P * signs.astype(xp.float32)
@@ -349,15 +360,24 @@ def _fit_krylov(Xc: Any, resid: Any, k: int):
     m, c = Xc.shape
     r = to_host(resid).astype(np.float64)
 
+    segments = _row_segments(m)
+
     def apply(Q: np.ndarray) -> np.ndarray:
         Q32 = xp.asarray(Q, dtype=xp.float32)
         if xp is np:
-            # Xc^T (Xc Q) a row block at a time: the block is still in cache for its second product
-            Z32 = np.zeros((c, Q.shape[1]), dtype=np.float32)
-            for start in range(0, m, _APPLY_ROWS):
-                block = Xc[start : start + _APPLY_ROWS]
-                Z32 += block.T @ (block @ Q32)
-            Z = Z32.astype(np.float64)
+            # Xc^T (Xc Q) a row block at a time (the block is still in cache for its second
+            # product), over fixed segments of rows on the math threads; the segments' float32
+            # sums are added in float64 in a fixed order, whatever the number of threads.
+            def segment(span: tuple[int, int]) -> np.ndarray:
+                Z32 = np.zeros((c, Q32.shape[1]), dtype=np.float32)
+                for start in range(span[0], span[1], _APPLY_ROWS):
+                    block = Xc[start : min(start + _APPLY_ROWS, span[1])]
+                    Z32 += block.T @ (block @ Q32)
+                return Z32
+
+            Z = np.zeros((c, Q32.shape[1]), dtype=np.float64)
+            for part in threads.run(segment, segments):
+                Z += part
         else:
             Z = to_host(Xc.T @ (Xc @ Q32)).astype(np.float64)
         return Z - m * np.outer(r, r @ Q)
@@ -367,6 +387,12 @@ def _fit_krylov(Xc: Any, resid: Any, k: int):
         return None
     vals, V = found
     return vals, V, squared_norm(Xc) - m * float(r @ r)
+
+
+def _row_segments(m: int) -> list[tuple[int, int]]:
+    """Fixed spans of ``_APPLY_ROWS``-aligned rows, ``_SEGMENTS`` of them (fewer for few rows)."""
+    blocks = -(-m // _APPLY_ROWS)
+    return [(a * _APPLY_ROWS, min(b * _APPLY_ROWS, m)) for a, b in threads.spans(blocks, _SEGMENTS)]
 
 
 def squared_norm(X: Any) -> float:
@@ -392,6 +418,22 @@ def _gram(Xc: Any) -> Any:
         block = Xc[:, start : start + _BLOCK_ROWS]
         acc += (block @ block.T).astype(np.float64)
     return acc
+
+
+def _project_rows(X: Any, V32: Any, offset32: Any) -> Any:
+    """X @ V32 - offset32, on NumPy a span of rows per math thread."""
+    xp = array_module(X)
+    if xp is not np:
+        return X @ V32 - offset32
+    out = np.empty((X.shape[0], V32.shape[1]), dtype=np.float32)
+
+    def part(span: tuple[int, int]) -> None:
+        a, b = span
+        np.matmul(X[a:b], V32, out=out[a:b])
+        out[a:b] -= offset32
+
+    threads.run(part, threads.spans(X.shape[0], threads.count()))
+    return out
 
 
 def project(X: Any, basis: PrincipalBasis) -> Any:

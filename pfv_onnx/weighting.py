@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import float_range
+from . import float_range, threads
 from .errors import InputError
 from .xp import array_module
 
@@ -149,19 +149,23 @@ def _flat_per_image(P: np.ndarray, weights: Sequence[np.ndarray], size: tuple[in
     out = np.empty((n, H, W, k), dtype=np.float32)
     hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
     maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
-    A = np.empty((H, W), dtype=np.float32)
-    term = np.empty((H, W), dtype=np.float32)
-    spread = np.empty((H, W, k), dtype=np.float32)  # A repeated over the k channels
-    for i in range(n):
-        _resize_into(hwk[i], out[i])
-        if not maps:
-            continue
-        _resize_into(maps[0][i], A)
-        for S in maps[1:]:
-            _resize_into(S[i], term)
-            A += term
-        _spread(A, spread)
-        out[i] *= spread  # a plain elementwise product: broadcasting over k would be ~8x slower
+
+    def images(span: tuple[int, int]) -> None:  # one span of images per math thread, own buffers
+        A = np.empty((H, W), dtype=np.float32)
+        term = np.empty((H, W), dtype=np.float32)
+        spread = np.empty((H, W, k), dtype=np.float32)  # A repeated over the k channels
+        for i in range(*span):
+            _resize_into(hwk[i], out[i])
+            if not maps:
+                continue
+            _resize_into(maps[0][i], A)
+            for S in maps[1:]:
+                _resize_into(S[i], term)
+                A += term
+            _spread(A, spread)
+            out[i] *= spread  # a plain elementwise product: broadcasting over k would be ~8x slower
+
+    threads.run(images, threads.spans(n, threads.count()))
     return out.transpose(0, 3, 1, 2)
 
 
@@ -184,15 +188,19 @@ def _hierarchical_per_image(P: np.ndarray, weights: Sequence[np.ndarray], factor
     out = np.empty((n, H, W, k), dtype=np.float32)
     hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
     maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
-    levels = [(np.empty((*S.shape[1:], k), dtype=np.float32), np.empty((*S.shape[1:], k), dtype=np.float32)) for S in maps]
-    for i in range(n):
-        p = hwk[i]
-        for S, f, (up, spread) in zip(reversed(maps), reversed(factors), reversed(levels)):
-            _resize_into(p, up)
-            _spread(S[i] * np.float32(f), spread)
-            up *= spread
-            p = up
-        _resize_into(p, out[i])
+
+    def images(span: tuple[int, int]) -> None:  # one span of images per math thread, own buffers
+        levels = [(np.empty((*S.shape[1:], k), dtype=np.float32), np.empty((*S.shape[1:], k), dtype=np.float32)) for S in maps]
+        for i in range(*span):
+            p = hwk[i]
+            for S, f, (up, spread) in zip(reversed(maps), reversed(factors), reversed(levels)):
+                _resize_into(p, up)
+                _spread(S[i] * np.float32(f), spread)
+                up *= spread
+                p = up
+            _resize_into(p, out[i])
+
+    threads.run(images, threads.spans(n, threads.count()))
     return out.transpose(0, 3, 1, 2)
 
 
@@ -255,22 +263,26 @@ def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std:
         if size == 0:
             return out
         counts, means, squares, lows, highs = (np.empty(len(chunks)) for _ in range(5))
-        scratch = np.empty(min(_CHUNK, size), dtype=np.float32)
-        for j, i in enumerate(chunks):
-            part = flat_in[i : i + _CHUNK]
-            d = scratch[: part.size]
-            counts[j] = part.size
-            lows[j], highs[j] = float(part.min()), float(part.max())
-            # a chunk beyond float32's safe range for squares is summed scaled by a power of two
-            f = float_range.factor(max(-lows[j], highs[j]))
-            if f != 1.0:
-                d[...] = float_range.scale(part, f)
-                part = d
-            means[j] = float(part.sum(dtype=np.float32)) / part.size  # pairwise float32 sum
-            np.subtract(part, np.float32(means[j]), out=d)
-            np.square(d, out=d)
-            squares[j] = float(d.sum()) / (f * f)
-            means[j] /= f
+
+        def statistics(span: tuple[int, int]) -> None:  # chunks of one math thread
+            scratch = np.empty(min(_CHUNK, size), dtype=np.float32)
+            for j in range(*span):
+                part = flat_in[chunks[j] : chunks[j] + _CHUNK]
+                d = scratch[: part.size]
+                counts[j] = part.size
+                lows[j], highs[j] = float(part.min()), float(part.max())
+                # a chunk beyond float32's safe range for squares is summed scaled by a power of two
+                f = float_range.factor(max(-lows[j], highs[j]))
+                if f != 1.0:
+                    d[...] = float_range.scale(part, f)
+                    part = d
+                means[j] = float(part.sum(dtype=np.float32)) / part.size  # pairwise float32 sum
+                np.subtract(part, np.float32(means[j]), out=d)
+                np.square(d, out=d)
+                squares[j] = float(d.sum()) / (f * f)
+                means[j] /= f
+
+        threads.run(statistics, threads.spans(len(chunks), threads.count()))
         mean = float(counts @ means) / size
         # Chan et al.: the squared deviations of the whole from those of its parts
         variance = (float(squares.sum()) + float(counts @ (means - mean) ** 2)) / size
@@ -291,14 +303,18 @@ def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std:
     m32 = np.float32(float(mean) * g)
     a = np.float32(1.0 / (float(np.float32(std)) * g * (hi - lo)))
     b = np.float32(-lo / (hi - lo))
-    for i in chunks:
-        part = flat_out[i : i + _CHUNK]
-        if g == 1.0:
-            np.subtract(flat_in[i : i + _CHUNK], m32, out=part)
-        else:
-            part[...] = float_range.scale(flat_in[i : i + _CHUNK], g)
-            part -= m32
-        part *= a
-        part += b
-        np.clip(part, 0.0, 1.0, out=part)
+
+    def write(span: tuple[int, int]) -> None:  # chunks of one math thread
+        for i in chunks[span[0] : span[1]]:
+            part = flat_out[i : i + _CHUNK]
+            if g == 1.0:
+                np.subtract(flat_in[i : i + _CHUNK], m32, out=part)
+            else:
+                part[...] = float_range.scale(flat_in[i : i + _CHUNK], g)
+                part -= m32
+            part *= a
+            part += b
+            np.clip(part, 0.0, 1.0, out=part)
+
+    threads.run(write, threads.spans(len(chunks), threads.count()))
     return out
