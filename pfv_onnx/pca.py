@@ -12,14 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from . import float_range
+from . import float_range, threads
 from .errors import InputError
+from .krylov import _generalised_eigh, block_krylov  # noqa: F401  (the solver of fit and top_eigh)
 from .xp import array_module, to_host
 
 # Rows per block of the float32 products whose sums are accumulated in float64.
 _BLOCK_ROWS = 2048
 # Rows per block of the Krylov products (a block of 64 rows of up to 2048 channels fits in L2).
 _APPLY_ROWS = 64
+# Row segments of the Krylov products, summed in float64 in a fixed order (spread over the threads).
+_SEGMENTS = 8
 # Rows per block of the column sums: float32 partial sums this long stay accurate to ~1e-7.
 _SUM_ROWS = 256
 # Up to this matrix size a full eigendecomposition costs less than an iterative top-k solver.
@@ -27,9 +30,6 @@ _FULL_EIGH_MAX = 384
 # ``fit`` forms the smaller of the covariance and the Gram matrix when min(rows, channels) is at
 # most this; above it, it finds the top k with block Krylov products of the rows themselves.
 _DENSE_MAX = 256
-# Block Krylov stops when every Ritz residual is below this fraction of the gap between the k-th
-# and the (k+1)-th Ritz value: that bounds the angle between the subspace found and the true one.
-_KRYLOV_TOL = 1e-4
 
 Scratch = Any  # (shape, dtype) -> a writable array of that shape and dtype
 
@@ -70,8 +70,12 @@ def observations(E: Any) -> Any:
 
         rows = np.empty((n, h * w, c), dtype=np.float32)
         planes = E.reshape(n, c, h * w)
-        for i in range(n):
-            cv2.transpose(planes[i], dst=rows[i])
+
+        def transpose(span: tuple[int, int]) -> None:
+            for i in range(*span):
+                cv2.transpose(planes[i], dst=rows[i])
+
+        threads.run(transpose, threads.spans(n, threads.count()))
         return rows.reshape(n * h * w, c)
     return xp.ascontiguousarray(E.transpose(0, 2, 3, 1)).reshape(n * h * w, c)
 
@@ -97,14 +101,18 @@ def centred(X: Any, scratch: Scratch | None = None) -> tuple[Any, Any]:
     xp = array_module(X)
     mean = column_mean(X)
     m32 = mean.astype(xp.float32)
-    if scratch is None:
-        return X - m32, mean
-    out = scratch(X.shape, np.result_type(X.dtype, m32.dtype))
-    step = 64 * _BLOCK_ROWS
-    for start in range(0, X.shape[0], step):
-        xp.subtract(X[start : start + step], m32, out=out[start : start + step])
+    if xp is not np:
+        if scratch is None:
+            return X - m32, mean
+        out = scratch(X.shape, np.result_type(X.dtype, m32.dtype))
+        step = 64 * _BLOCK_ROWS
+        for start in range(0, X.shape[0], step):
+            xp.subtract(X[start : start + step], m32, out=out[start : start + step])
+        return out, mean
+    dtype = np.result_type(X.dtype, np.float32)
+    out = np.empty(X.shape, dtype=dtype) if scratch is None else scratch(X.shape, dtype)
+    threads.run(lambda s: np.subtract(X[s[0] : s[1]], m32, out=out[s[0] : s[1]]), threads.spans(X.shape[0], threads.count()))
     return out, mean
-
 
 
 def column_mean(X: Any) -> Any:
@@ -183,93 +191,6 @@ def single_threaded_blas():
 _BLAS_CONTROLLER: Any = None
 
 
-def block_krylov(apply: Any, n: int, k: int, *, max_dim: int, tol: float = _KRYLOV_TOL, seed: int = 0):
-    """Top k eigenpairs of a symmetric positive semi-definite operator, or None if unsettled.
-
-    ``apply(Q)`` returns A @ Q for a host float64 (n, b) block. The Krylov space
-    span{Q0, A Q0, A^2 Q0, ...} grows by one block per product; Rayleigh-Ritz on it gives
-    the estimates, and it stops once every residual ||A v - theta v|| is below ``tol`` times
-    the gap theta_k - theta_(k+1). Blocks are rounded to float32 (so a float32 ``apply`` is
-    exact on them) and the generalised Ritz problem absorbs the rounding. The start block
-    is seeded: the same input gives the same result.
-    Returns (eigenvalues (k,) descending, vectors (n, k)) as host float64 arrays.
-    """
-    b = max(2 * k + 2, 8)
-    if n < 2 * b or max_dim < 2 * b:
-        return None
-    cols = min(max_dim, n) // b * b
-    first_check = min(4 * b, cols)  # real spectra need 6 to 8 blocks; earlier checks rarely stop
-    K = np.empty((n, cols), order="F")  # the Krylov basis, one block of b columns per step
-    AK = np.empty((n, cols), order="F")  # A @ K
-    H = np.empty((cols, cols))  # K^T A K, grown a block at a time
-    G = np.empty((cols, cols))  # K^T K (the identity up to the float32 rounding of K)
-    rng = np.random.default_rng(seed)
-    block = _orthonormal_block(K[:, :0], rng.standard_normal((n, b)), rng)
-    d = 0
-    while True:
-        K[:, d : d + b] = block
-        AK[:, d : d + b] = apply(block)
-        H[: d + b, d : d + b] = K[:, : d + b].T @ AK[:, d : d + b]
-        H[d : d + b, :d] = H[:d, d : d + b].T
-        H[d : d + b, d : d + b] = (H[d : d + b, d : d + b] + H[d : d + b, d : d + b].T) / 2
-        G[: d + b, d : d + b] = K[:, : d + b].T @ block
-        G[d : d + b, :d] = G[:d, d : d + b].T
-        d += b
-        if d >= first_check:
-            found = _generalised_eigh(H[:d, :d], G[:d, :d])
-            if found is None:
-                return None
-            theta, U = found
-            theta, U = theta[::-1], U[:, ::-1]
-            V = K[:, :d] @ U[:, :k]
-            residual = np.linalg.norm(AK[:, :d] @ U[:, :k] - V * theta[:k], axis=0)
-            gap = theta[k - 1] - theta[k]
-            if np.all(residual <= tol * gap) or (theta[0] <= 0 and np.all(residual == 0)):
-                V = V / np.maximum(np.linalg.norm(V, axis=0), 1e-300)
-                return theta[:k], V
-        if d + b > cols:
-            return None
-        block = _orthonormal_block(K[:, :d], AK[:, d - b : d], rng)
-
-
-def _generalised_eigh(H: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Solutions of H u = theta G u (G symmetric positive definite), theta ascending, U^T G U = I.
-
-    By the Cholesky factor G = L L^T: the standard problem of L^-1 H L^-T. G is the Gram
-    matrix of a basis orthonormal up to float32 rounding, so L is near the identity. None
-    when G is not positive definite or the values are not finite.
-    """
-    try:
-        L_inv = np.linalg.inv(np.linalg.cholesky(G))
-        C = L_inv @ H @ L_inv.T
-        theta, W = np.linalg.eigh((C + C.T) / 2)
-    except np.linalg.LinAlgError:
-        return None
-    if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(W))):
-        return None
-    return theta, L_inv.T @ W
-
-
-def _orthonormal_block(K: np.ndarray, W: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Columns of W made orthonormal to K and to each other, rounded to float32 values.
-
-    Columns that vanish (the Krylov space stopped growing in their direction) are replaced
-    by random ones, so the block always has full rank.
-    """
-    scale = max(float(np.abs(W).max()) if W.size else 0.0, 1e-300)
-    for _ in range(2):
-        W = W - K @ (K.T @ W)
-    Q, R = np.linalg.qr(W)
-    weak = np.abs(np.diag(R)) <= 1e-10 * scale * np.sqrt(W.shape[0])
-    if weak.any():
-        known = np.hstack([K, Q[:, ~weak]])
-        fresh = rng.standard_normal((W.shape[0], int(weak.sum())))
-        for _ in range(2):
-            fresh = fresh - known @ (known.T @ fresh)
-        Q[:, weak] = np.linalg.qr(fresh)[0]
-    return Q.astype(np.float32).astype(np.float64)
-
-
 def orient(directions: Any, projections: Any) -> Any:
     """Sign rule: each direction's projections get a positive third moment (sum of cubes).
 
@@ -345,7 +266,7 @@ def _fit(X: Any, k: int, scratch: Scratch | None = None) -> tuple[PrincipalBasis
     total_variance = max(trace, 0.0) / (m - 1)
     mean_exact = mean + resid
     # (Xc - 1 r^T) V without a copy of Xc.
-    P = Xc @ V.astype(xp.float32) - (resid @ V).astype(xp.float32)
+    P = _project_rows(Xc, V.astype(xp.float32), (resid @ V).astype(xp.float32))
     signs = orient(V, P)
     V = V * signs
     P = P * signs.astype(xp.float32)
@@ -365,15 +286,24 @@ def _fit_krylov(Xc: Any, resid: Any, k: int):
     m, c = Xc.shape
     r = to_host(resid).astype(np.float64)
 
+    segments = _row_segments(m)
+
     def apply(Q: np.ndarray) -> np.ndarray:
         Q32 = xp.asarray(Q, dtype=xp.float32)
         if xp is np:
-            # Xc^T (Xc Q) a row block at a time: the block is still in cache for its second product
-            Z32 = np.zeros((c, Q.shape[1]), dtype=np.float32)
-            for start in range(0, m, _APPLY_ROWS):
-                block = Xc[start : start + _APPLY_ROWS]
-                Z32 += block.T @ (block @ Q32)
-            Z = Z32.astype(np.float64)
+            # Xc^T (Xc Q) a row block at a time (the block is still in cache for its second
+            # product), over fixed segments of rows on the math threads; the segments' float32
+            # sums are added in float64 in a fixed order, whatever the number of threads.
+            def segment(span: tuple[int, int]) -> np.ndarray:
+                Z32 = np.zeros((c, Q32.shape[1]), dtype=np.float32)
+                for start in range(span[0], span[1], _APPLY_ROWS):
+                    block = Xc[start : min(start + _APPLY_ROWS, span[1])]
+                    Z32 += block.T @ (block @ Q32)
+                return Z32
+
+            Z = np.zeros((c, Q32.shape[1]), dtype=np.float64)
+            for part in threads.run(segment, segments):
+                Z += part
         else:
             Z = to_host(Xc.T @ (Xc @ Q32)).astype(np.float64)
         return Z - m * np.outer(r, r @ Q)
@@ -383,6 +313,12 @@ def _fit_krylov(Xc: Any, resid: Any, k: int):
         return None
     vals, V = found
     return vals, V, squared_norm(Xc) - m * float(r @ r)
+
+
+def _row_segments(m: int) -> list[tuple[int, int]]:
+    """Fixed spans of ``_APPLY_ROWS``-aligned rows, ``_SEGMENTS`` of them (fewer for few rows)."""
+    blocks = -(-m // _APPLY_ROWS)
+    return [(a * _APPLY_ROWS, min(b * _APPLY_ROWS, m)) for a, b in threads.spans(blocks, _SEGMENTS)]
 
 
 def squared_norm(X: Any) -> float:
@@ -408,6 +344,22 @@ def _gram(Xc: Any) -> Any:
         block = Xc[:, start : start + _BLOCK_ROWS]
         acc += (block @ block.T).astype(np.float64)
     return acc
+
+
+def _project_rows(X: Any, V32: Any, offset32: Any) -> Any:
+    """X @ V32 - offset32, on NumPy a span of rows per math thread."""
+    xp = array_module(X)
+    if xp is not np:
+        return X @ V32 - offset32
+    out = np.empty((X.shape[0], V32.shape[1]), dtype=np.float32)
+
+    def part(span: tuple[int, int]) -> None:
+        a, b = span
+        np.matmul(X[a:b], V32, out=out[a:b])
+        out[a:b] -= offset32
+
+    threads.run(part, threads.spans(X.shape[0], threads.count()))
+    return out
 
 
 def project(X: Any, basis: PrincipalBasis) -> Any:

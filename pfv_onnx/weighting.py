@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from . import float_range
+from . import float_range, threads
 from .errors import InputError
 from .xp import array_module
 
@@ -150,19 +150,23 @@ def _flat_per_image(P: np.ndarray, weights: Sequence[np.ndarray], size: tuple[in
     out = np.empty((n, H, W, k), dtype=np.float32)
     hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
     maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
-    A = np.empty((H, W), dtype=np.float32)
-    term = np.empty((H, W), dtype=np.float32)
-    spread = np.empty((H, W, k), dtype=np.float32)  # A repeated over the k channels
-    for i in range(n):
-        _resize_into(hwk[i], out[i])
-        if not maps:
-            continue
-        _resize_into(maps[0][i], A)
-        for S in maps[1:]:
-            _resize_into(S[i], term)
-            A += term
-        _spread(A, spread)
-        out[i] *= spread  # a plain elementwise product: broadcasting over k would be ~8x slower
+
+    def images(span: tuple[int, int]) -> None:  # one span of images per math thread, own buffers
+        A = np.empty((H, W), dtype=np.float32)
+        term = np.empty((H, W), dtype=np.float32)
+        spread = np.empty((H, W, k), dtype=np.float32)  # A repeated over the k channels
+        for i in range(*span):
+            _resize_into(hwk[i], out[i])
+            if not maps:
+                continue
+            _resize_into(maps[0][i], A)
+            for S in maps[1:]:
+                _resize_into(S[i], term)
+                A += term
+            _spread(A, spread)
+            out[i] *= spread  # a plain elementwise product: broadcasting over k would be ~8x slower
+
+    threads.run(images, threads.spans(n, threads.count()))
     return out.transpose(0, 3, 1, 2)
 
 
@@ -185,15 +189,19 @@ def _hierarchical_per_image(P: np.ndarray, weights: Sequence[np.ndarray], factor
     out = np.empty((n, H, W, k), dtype=np.float32)
     hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
     maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
-    levels = [(np.empty((*S.shape[1:], k), dtype=np.float32), np.empty((*S.shape[1:], k), dtype=np.float32)) for S in maps]
-    for i in range(n):
-        p = hwk[i]
-        for S, f, (up, spread) in zip(reversed(maps), reversed(factors), reversed(levels)):
-            _resize_into(p, up)
-            _spread(S[i] * np.float32(f), spread)
-            up *= spread
-            p = up
-        _resize_into(p, out[i])
+
+    def images(span: tuple[int, int]) -> None:  # one span of images per math thread, own buffers
+        levels = [(np.empty((*S.shape[1:], k), dtype=np.float32), np.empty((*S.shape[1:], k), dtype=np.float32)) for S in maps]
+        for i in range(*span):
+            p = hwk[i]
+            for S, f, (up, spread) in zip(reversed(maps), reversed(factors), reversed(levels)):
+                _resize_into(p, up)
+                _spread(S[i] * np.float32(f), spread)
+                up *= spread
+                p = up
+            _resize_into(p, out[i])
+
+    threads.run(images, threads.spans(n, threads.count()))
     return out.transpose(0, 3, 1, 2)
 
 
@@ -262,24 +270,34 @@ def fixed_scaling(mean: float, std: float, n_sigma: float) -> tuple[float, float
     return float(mean), float(std), -n_sigma, n_sigma, float_range.factor(max(abs(float(mean)), float(std)))
 
 
+def _chunk_statistics(part: np.ndarray, scratch: np.ndarray) -> tuple[int, float, float, float, float]:
+    """(count, mean, sum of squared deviations, min, max) of one chunk."""
+    d = scratch[: part.size]
+    lo, hi = float(part.min()), float(part.max())
+    # a chunk beyond float32's safe range for squares is summed scaled by a power of two
+    f = float_range.factor(max(-lo, hi))
+    if f != 1.0:
+        d[...] = float_range.scale(part, f)
+        part = d
+    mean = float(part.sum(dtype=np.float32)) / part.size  # pairwise float32 sum
+    np.subtract(part, np.float32(mean), out=d)
+    np.square(d, out=d)
+    return part.size, mean / f, float(d.sum()) / (f * f), lo, hi
+
+
 class ColourStats:
     """The batch statistics of ``scale_colours`` over an array given in consecutive parts.
 
     The parts, each flattened in its memory order and joined, form the array; they are cut
-    into the same ``_CHUNK``-element chunks whatever the parts, so the statistics are those of
-    the whole array bit for bit. Per chunk: mean and squared deviations (merged exactly in
-    float64), min and max.
+    into the same ``_CHUNK``-element chunks whatever the parts (and whatever the number of
+    math threads that take them), so the statistics are those of the whole array bit for
+    bit. Per chunk: mean and squared deviations (merged exactly in float64), min and max.
     """
 
     def __init__(self) -> None:
-        self.counts: list[float] = []
-        self.means: list[float] = []
-        self.squares: list[float] = []
-        self.lows: list[float] = []
-        self.highs: list[float] = []
+        self.chunks: list[tuple[int, float, float, float, float]] = []
         self._carry = np.empty(_CHUNK, dtype=np.float32)  # the start of a chunk that the next part completes
         self._filled = 0
-        self._scratch = np.empty(_CHUNK, dtype=np.float32)
 
     def add(self, part: Any) -> None:
         flat = np.asarray(part, dtype=np.float32).ravel(order="K")
@@ -290,42 +308,32 @@ class ColourStats:
             self._filled += i
             if self._filled < _CHUNK:
                 return
-            self._chunk(self._carry)
+            self.chunks.append(_chunk_statistics(self._carry, np.empty(_CHUNK, dtype=np.float32)))
             self._filled = 0
-        while flat.size - i >= _CHUNK:
-            self._chunk(flat[i : i + _CHUNK])
-            i += _CHUNK
+        starts = range(i, flat.size - _CHUNK + 1, _CHUNK)
+        found: list[Any] = [None] * len(starts)
+
+        def statistics(span: tuple[int, int]) -> None:  # chunks of one math thread
+            scratch = np.empty(_CHUNK, dtype=np.float32)
+            for j in range(*span):
+                found[j] = _chunk_statistics(flat[starts[j] : starts[j] + _CHUNK], scratch)
+
+        threads.run(statistics, threads.spans(len(starts), threads.count()))
+        self.chunks.extend(found)
+        i += len(starts) * _CHUNK
         rest = flat.size - i
         self._carry[:rest] = flat[i:]
         self._filled = rest
-
-    def _chunk(self, part: np.ndarray) -> None:
-        d = self._scratch[: part.size]
-        self.counts.append(part.size)
-        lo, hi = float(part.min()), float(part.max())
-        self.lows.append(lo)
-        self.highs.append(hi)
-        # a chunk beyond float32's safe range for squares is summed scaled by a power of two
-        f = float_range.factor(max(-lo, hi))
-        if f != 1.0:
-            d[...] = float_range.scale(part, f)
-            part = d
-        mean = float(part.sum(dtype=np.float32)) / part.size  # pairwise float32 sum
-        np.subtract(part, np.float32(mean), out=d)
-        np.square(d, out=d)
-        self.squares.append(float(d.sum()) / (f * f))
-        self.means.append(mean / f)
 
     def scaling(self, n_sigma: float) -> tuple[float, float, float, float, float] | None:
         """(mean, std, lo, hi, g) of the affine map (see :func:`apply_colours`), or None when
         the array is constant (its colours are all zeros)."""
         if self._filled:
-            self._chunk(self._carry[: self._filled].copy())
+            self.chunks.append(_chunk_statistics(self._carry[: self._filled].copy(), np.empty(self._filled, dtype=np.float32)))
             self._filled = 0
-        if not self.counts:
+        if not self.chunks:
             return None
-        counts, means, squares = np.asarray(self.counts), np.asarray(self.means), np.asarray(self.squares)
-        lows, highs = np.asarray(self.lows), np.asarray(self.highs)
+        counts, means, squares, lows, highs = (np.asarray(column, dtype=np.float64) for column in zip(*self.chunks))
         size = float(counts.sum())
         mean = float(counts @ means) / size
         # Chan et al.: the squared deviations of the whole from those of its parts
@@ -354,14 +362,19 @@ def apply_colours(x: Any, scaling: tuple[float, float, float, float, float], *, 
     m32 = np.float32(float(mean) * g)
     a = np.float32(1.0 / (float(np.float32(std)) * g * (hi - lo)))
     b = np.float32(-lo / (hi - lo))
-    for i in range(0, flat_in.size, _CHUNK):
-        part = flat_out[i : i + _CHUNK]
-        if g == 1.0:
-            np.subtract(flat_in[i : i + _CHUNK], m32, out=part)
-        else:
-            part[...] = float_range.scale(flat_in[i : i + _CHUNK], g)
-            part -= m32
-        part *= a
-        part += b
-        np.clip(part, 0.0, 1.0, out=part)
+    chunks = range(0, flat_in.size, _CHUNK)
+
+    def write(span: tuple[int, int]) -> None:  # chunks of one math thread
+        for i in chunks[span[0] : span[1]]:
+            part = flat_out[i : i + _CHUNK]
+            if g == 1.0:
+                np.subtract(flat_in[i : i + _CHUNK], m32, out=part)
+            else:
+                part[...] = float_range.scale(flat_in[i : i + _CHUNK], g)
+                part -= m32
+            part *= a
+            part += b
+            np.clip(part, 0.0, 1.0, out=part)
+
+    threads.run(write, threads.spans(len(chunks), threads.count()))
     return out

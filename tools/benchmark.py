@@ -810,11 +810,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cli-only", action="store_true", help="only (d), the command against decoding + (a), and the CPU cost of each output")
     parser.add_argument("--cli-repeats", type=int, help="interleaved pairs for (d) (default 2, 1 with --quick)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
+    parser.add_argument("--perf-table", action="store_true", help="only the current-state table with peers (tools/perf_table.py; with --quick a smoke run)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child:
         rss_child(args.rss_child)
         return 0
+    if args.perf_table:
+        import perf_table
+
+        return perf_table.main(args.json, quick=args.quick)
 
     started = time.perf_counter()
     models = [m.strip() for m in args.models.split(",") if m.strip()]

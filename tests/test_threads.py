@@ -1,0 +1,71 @@
+"""The PFV math on several threads: the same result bit for bit as on one, and the reference's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import reference as ref
+from pfv_onnx import pca, threads, weighting
+
+
+def maps(n: int = 6, c: int = 320, h: int = 9, w: int = 8, seed: int = 0):
+    """E_L with a clear top-3 spectrum (min(rows, channels) above the dense limit: the Krylov
+    route) and two weighting maps' channel sums of other resolutions."""
+    rng = np.random.default_rng(seed)
+    scales = np.concatenate([[9.0, 6.0, 4.0], np.linspace(1.0, 0.2, c - 3)])
+    e = (rng.standard_normal((n, h, w, c)) * scales).transpose(0, 3, 1, 2)
+    e = np.ascontiguousarray(e + rng.uniform(-1, 1, c)[None, :, None, None], dtype=np.float32)
+    sums = [rng.uniform(0.0, 2.0, (n, 1, 4 * h, 4 * w)).astype(np.float32), rng.uniform(0.0, 2.0, (n, 1, 2 * h, 2 * w)).astype(np.float32)]
+    return e, sums
+
+
+def pipeline(e: np.ndarray, sums: list[np.ndarray], hierarchical: bool):
+    n, _, h, w = e.shape
+    basis, p = pca.fit(pca.observations(e), 3)
+    comps = pca.components(p, n, h, w)
+    fn = weighting.hierarchical if hierarchical else weighting.flat
+    rgb = weighting.scale_colours(fn(comps, sums, (8 * h, 8 * w)), 1.0)
+    return basis, comps, np.asarray(rgb)
+
+
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_threads_do_not_change_a_bit(hierarchical):
+    e, sums = maps()
+    with threads.limit(1):
+        one = pipeline(e, sums, hierarchical)
+    with threads.limit(3):
+        three = pipeline(e, sums, hierarchical)
+    assert np.array_equal(one[0].directions, three[0].directions)
+    assert np.array_equal(one[0].eigenvalues, three[0].eigenvalues)
+    assert np.array_equal(one[1], three[1])
+    assert np.array_equal(one[2], three[2])
+
+
+def test_threaded_math_matches_the_reference():
+    e, sums = maps(seed=1)
+    n, _, h, w = e.shape
+    with threads.limit(3):
+        basis, comps, rgb = pipeline(e, sums, hierarchical=False)
+    want = ref.pfv(e, [s.repeat(2, axis=1) / 2 for s in sums], (8 * h, 8 * w), k=3, align_to=comps)
+    np.testing.assert_allclose(basis.eigenvalues, want.eigenvalues, rtol=1e-5)
+    np.testing.assert_allclose(comps, want.components, atol=1e-5 * np.abs(want.components).max())
+    np.testing.assert_allclose(rgb.transpose(0, 2, 3, 1), want.rgb, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, parts", [(0, 3), (1, 4), (7, 3), (10, 10), (5, 1)])
+def test_spans_cover_the_range_once_in_order(n, parts):
+    got = threads.spans(n, parts)
+    assert [i for a, b in got for i in range(a, b)] == list(range(n))
+    assert len(got) <= max(parts, 1)
+    assert all(b > a for a, b in got)
+
+
+def test_run_keeps_order_and_the_limit_is_restored():
+    before = threads.count()
+    with threads.limit(4):
+        assert threads.count() == 4
+        assert threads.run(lambda i: i * i, list(range(11))) == [i * i for i in range(11)]
+    assert threads.count() == before
+    with pytest.raises(ValueError):
+        threads.set_limit(0)
