@@ -62,6 +62,26 @@ def mean_colours(rgb: np.ndarray) -> np.ndarray:
     return np.nan_to_num(x.mean(axis=(1, 2), dtype=np.float64) / scale)
 
 
+def median_colours(rgb: np.ndarray) -> np.ndarray:
+    """(n, k) median colour of each map, in [0, 1], from (n, H, W, k) maps: float in [0, 1] or
+    uint8 (0-255; counted in a histogram, exact and without sorting)."""
+    x = np.asarray(rgb)
+    if x.ndim != 4:
+        raise ValueError(f"maps must be (n, H, W, k), got shape {x.shape}")
+    n, k = x.shape[0], x.shape[-1]
+    m = x.shape[1] * x.shape[2]
+    if x.dtype != np.uint8 or m == 0:
+        return np.median(x.reshape(n, -1, k), axis=1) / (255.0 if x.dtype == np.uint8 else 1.0)
+    out = np.empty((n, k))
+    offsets = np.arange(k, dtype=np.intp) * 256
+    for i in range(n):
+        cum = np.cumsum(np.bincount((x[i].reshape(-1, k) + offsets).ravel(), minlength=256 * k).reshape(k, 256), axis=1)
+        lo = np.argmax(cum > (m - 1) // 2, axis=1)  # the middle two of the sorted values (one when m is odd)
+        hi = np.argmax(cum > m // 2, axis=1)
+        out[i] = (lo + hi) / 2.0
+    return out / 255.0
+
+
 def atypicality(sig: np.ndarray, classes: Sequence[int | None], groups: Sequence[int] | None = None, *, min_class_size: int = MIN_CLASS_SIZE) -> np.ndarray:
     """Robust distance of each signature (n, k) from its (group, class) median, NaN where undefined."""
     sig = np.asarray(sig, dtype=np.float64)
@@ -117,3 +137,13 @@ def audit_flags(
         atypical=np.nan_to_num(dist, nan=-np.inf) > atypical_distance,
         low_confidence=np.nan_to_num(s, nan=np.inf) < low_confidence,
     )
+
+
+def record_flags(images: Sequence[dict], colours: np.ndarray, k: int) -> list[dict[str, object]]:
+    """Each image record's flags (see :meth:`AuditFlags.record`), as report.json stores them and the
+    page shows them. ``images``: report.json's image records (prediction, group); ``colours``:
+    (n, k) mean colours of their maps (see :func:`mean_colours`), of which the drawn components count."""
+    preds = [r.get("prediction") if isinstance(r.get("prediction"), dict) else {} for r in images]
+    sig = np.asarray(colours, dtype=np.float64)[:, : min(k, 3) if k > 1 else 1]
+    flags = audit_flags(sig, [p.get("class") for p in preds], [p.get("score") for p in preds], [int(r.get("group", 0)) for r in images])
+    return [flags.record(i) for i in range(len(images))]

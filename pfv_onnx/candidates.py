@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 from onnx import TensorProto
@@ -162,23 +163,27 @@ def _record(m: MapGraph, node: onnx.NodeProto, out: str) -> FeatureMap:
     return FeatureMap(out, node.op_type, view, v.layout, dtype, tokens=tokens, grid_from=v.how)
 
 
+def probe_dims(spec: InputSpec, size: tuple[int, int], input_layout: Layout) -> tuple[int, int, int, int]:
+    """The input shape at which the graph is analysed (and probed): batch 1, or the model's fixed batch."""
+    h, w = size
+    c = spec.dims[input_layout.channel_axis]
+    c = c if isinstance(c, int) else 3
+    batch = spec.dims[0]
+    n = batch if isinstance(batch, int) and batch > 1 else 1
+    return (n, c, h, w) if input_layout is Layout.NCHW else (n, h, w, c)
+
+
 def find_maps(
     model: onnx.ModelProto,
     spec: InputSpec,
     size: tuple[int, int],
     input_layout: Layout,
     notes: list[str],
-    probe: Callable[[onnx.ModelProto, list[str], tuple[int, ...]], dict[str, TensorInfo]] | None,
+    probe: Callable[..., dict[str, Any]] | None,
     max_tensor_bytes: int,
 ) -> tuple[MapGraph, list[FeatureMap], dict[str, tuple[str, str]]]:
     """The analysed graph at input size ``size``, its maps in graph order, and the quantized maps' (scale, zero point)."""
-    h, w = size
-    c = spec.dims[input_layout.channel_axis]
-    c = c if isinstance(c, int) else 3
-    dims = (1, c, h, w) if input_layout is Layout.NCHW else (1, h, w, c)
-    batch = spec.dims[0]
-    if isinstance(batch, int) and batch > 1:
-        dims = (batch, *dims[1:])
+    dims = probe_dims(spec, size, input_layout)
     pinned = with_pinned_input(model, spec, dims)
     info = infer_tensor_info(pinned)
     wanted = [o for n in pinned.graph.node for o in n.output if o]
@@ -188,7 +193,8 @@ def find_maps(
         if probe is None:
             raise ModelError(f"shape inference could not type {len(missing)} tensors (e.g. {missing[0]!r}) and no probe run is possible")
         notes.append(f"shape inference left {len(missing)} tensors untyped; shapes read from a probe run at batch 1")
-        info.update(probe(with_pinned_input(model, spec, dims, weights=True), missing, dims))
+        values = probe(with_pinned_input(model, spec, dims, weights=True), missing, dims)
+        info.update({k: TensorInfo(onnx.helper.np_dtype_to_tensor_dtype(v.dtype), tuple(int(d) for d in v.shape)) for k, v in values.items()})
     check_tensor_sizes(info, max_tensor_bytes)
     g = build(pinned, info)
     m = _map_graph(g, spec.name, input_layout)

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import onnx
 
+from .cancellation import Probe, drop_cancelled
 from .candidates import MapGraph, find_maps
 from .errors import InputError, ModelError
 from .feature_maps import FeatureMap, Layout, Role
 from .graph_index import PLUMBING, GraphIndex, depths
 from .layouts import rank4
-from .model_io import DEFAULT_MAX_TENSOR_BYTES, InputSpec, TensorInfo
+from .model_io import DEFAULT_MAX_TENSOR_BYTES, InputSpec
 
 ACTIVATIONS = {
     "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -71,7 +72,7 @@ def analyse(
     input_layout: Layout,
     layer: str | None = None,
     weight_layers: Sequence[str] | None = None,
-    probe: Callable[[onnx.ModelProto, list[str], tuple[int, ...]], dict[str, TensorInfo]] | None = None,
+    probe: Probe | None = None,
     max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
 ) -> Analysis:
     """List the spatial maps of ``model`` at input size ``size`` and choose E_L and the weighting maps."""
@@ -83,8 +84,10 @@ def analyse(
 
     # E_L
     if layer is not None:
-        decomposed = _match_one(layer, spatial, "layer")
-        decomposed = replace(decomposed, role=Role.DECOMPOSED, reason=f"named by the caller ({layer!r})")
+        named = _match_one(layer, spatial, "layer")
+        decomposed = _int8_copy(m.g, named, by_name, notes)
+        why = f"named by the caller ({layer!r})" + (f"; {notes[-1]}" if decomposed is not named else "")
+        decomposed = replace(decomposed, role=Role.DECOMPOSED, reason=why)
         notes.append(f"E_L named by the caller: {decomposed.name}")
     else:
         decomposed = _auto_decomposed(m, spatial, by_name, notes)
@@ -95,9 +98,11 @@ def analyse(
     if weight_layers is not None:
         weighting = []
         for pattern in weight_layers:
-            for fm in _match_all(pattern, spatial, "weight_layers"):
+            for named in _match_all(pattern, spatial, "weight_layers"):
+                fm = _int8_copy(m.g, named, by_name, notes)
+                why = f"named by the caller ({pattern!r})" + (f"; {notes[-1]}" if fm is not named else "")
                 if fm.name != decomposed.name and fm.name not in {x.name for x in weighting}:
-                    weighting.append(replace(fm, role=Role.WEIGHTING, reason=f"named by the caller ({pattern!r})"))
+                    weighting.append(replace(fm, role=Role.WEIGHTING, reason=why))
         weighting.sort(key=lambda fm: order[fm.name])
         if not weight_layers:
             notes.append("no weighting maps (weight_layers=[]): the components are upsampled unweighted")
@@ -122,9 +127,33 @@ def analyse(
         else:
             notes.append("no spatial map is finer than E_L: the components are upsampled unweighted")
 
+    if weighting and probe is not None:
+        weighting, dropped = drop_cancelled(model, spec, size, input_layout, m.g, weighting, probe, named=weight_layers is not None)
+        warnings += dropped
+        if dropped and not weighting:
+            notes.append("no weighting map is left (their channel sums cancel): the components are upsampled unweighted")
+
     chosen = {fm.name: fm for fm in [*weighting, decomposed]}
     candidates = [chosen.get(fm.name, fm) for fm in spatial]
     return Analysis(spec, input_layout, size, candidates, decomposed, weighting, notes, quant_params, warnings)
+
+
+def _int8_copy(g: GraphIndex, fm: FeatureMap, by_name: dict[str, FeatureMap], notes: list[str]) -> FeatureMap:
+    """A QDQ graph's float map that only a QuantizeLinear reads exists in float only as written:
+    onnxruntime fuses it into an int8 operator, and tapping it would undo that fusion and move
+    the model's outputs. Its dequantised copy (the DequantizeLinear of that QuantizeLinear) is
+    what the model computes, and is used instead (said in the notes)."""
+    readers = [g.nodes[i] for i in g.consumers.get(fm.name, [])]
+    if len(readers) != 1 or readers[0].op_type != "QuantizeLinear" or fm.name in g.outputs:
+        return fm
+    q = readers[0]
+    copies = [g.nodes[i].output[0] for i in g.consumers.get(q.output[0], []) if g.nodes[i].op_type == "DequantizeLinear"]
+    copy = next((by_name[c] for c in copies if c in by_name), None)
+    if copy is None:
+        return fm
+    notes.append(f"{fm.name!r} is only the float input of QuantizeLinear {q.name or q.output[0]!r}, which onnxruntime fuses into "
+                 f"an int8 operator: the model computes it as the int8 values that {copy.name!r} dequantises, tapped instead")
+    return copy
 
 
 def _token_words(fm: FeatureMap) -> str:
@@ -319,6 +348,8 @@ def _auto_weighting(m: MapGraph, spatial: list[FeatureMap], decomposed: FeatureM
 
         pick = post[-1] if post else fms[-1]
         kind = f"activation ({pick.op})" if post else f"raw output of {pick.op} (no activation at this resolution)"
+        if pick.op == "DequantizeLinear":
+            kind = "activation (DequantizeLinear: the float values of an int8 activation)"
         chosen.append(
             replace(pick, role=Role.WEIGHTING, reason=f"stage output at {res[0]}x{res[1]}: the last {kind} every path to the head passes through")
         )

@@ -42,12 +42,12 @@ def _parse_layout(layout: str | Layout | None) -> Layout | None:
 
 
 def _probe(input_name: str, external_dir: Path):
-    """Shapes of untyped tensors from one CPU run at batch 1 (when shape inference gives up)."""
+    """One CPU run of a pinned copy of the model, for tensors that analysis must see: their
+    values on ``batch`` (zeros when not given; shapes when shape inference gives up)."""
 
-    def run(pinned: Any, names: list[str], dims: tuple[int, ...]) -> dict:
+    def run(pinned: Any, names: list[str], dims: tuple[int, ...], batch: np.ndarray | None = None) -> dict[str, np.ndarray]:
         import onnx
 
-        from .model_io import TensorInfo
         from .runtime import create_session
 
         probe_model = onnx.ModelProto()
@@ -59,13 +59,8 @@ def _probe(input_name: str, external_dir: Path):
         elem = next(i for i in probe_model.graph.input if i.name == input_name).type.tensor_type.elem_type
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
         sess = create_session(probe_model, "cpu", external_data_dir=external_dir, input_name=input_name)
-        values = sess.run(np.zeros(dims, dtype=np_dtype))
-        out = {}
-        for name in names:
-            v = values.get(name)
-            if v is not None and hasattr(v, "shape"):
-                out[name] = TensorInfo(onnx.helper.np_dtype_to_tensor_dtype(np.asarray(v).dtype), tuple(int(d) for d in v.shape))
-        return out
+        values = sess.run(np.zeros(dims, dtype=np_dtype) if batch is None else np.asarray(batch, dtype=np_dtype))
+        return {name: np.asarray(values[name]) for name in names if hasattr(values.get(name), "shape")}
 
     return run
 
@@ -397,7 +392,8 @@ def inspect(
     input_name: str | None = None,
     layout: str | Layout | None = None,
 ) -> InspectReport:
-    """Every spatial map of ``model`` and the choice PFV makes, with reasons. Runs nothing unless shapes need a probe."""
+    """Every spatial map of ``model`` and the choice PFV makes, with reasons. Runs the model once, at batch 1,
+    only when shapes need a probe or a weighting map follows a normalisation over channels."""
     from . import model_io, surgery
     from .config import default_size
     from .model_file import ModelFile

@@ -102,6 +102,10 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis, *, conv_sums: bool = Tru
             deq = gs.Variable(f"pfv_onnx/{fm.name}/dequantized", dtype=np.float32)
             tap_nodes.setdefault(fm.name, []).append(gs.Node("DequantizeLinear", inputs=[src, tensors[scale], tensors[zp]], outputs=[deq]))
             return deq
+        copy = _own_dequantize(fm, src)
+        if copy is not None:
+            tap_nodes.setdefault(fm.name, []).append(copy)
+            src = copy.outputs[0]
         if fm.tokens is not None:
             nodes, grid = _grid_view(fm, src, tensors)
             tap_nodes.setdefault(fm.name, []).extend(nodes)
@@ -153,6 +157,49 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis, *, conv_sums: bool = Tru
     rewritten.producer_name = model.producer_name
     rewritten.producer_version = model.producer_version
     return rewritten, taps
+
+
+def _own_dequantize(fm: FeatureMap, src: Any) -> Any | None:
+    """A copy of the DequantizeLinear that makes map ``src`` (a QDQ graph's activation), or None.
+
+    onnxruntime fuses each DequantizeLinear -> op -> QuantizeLinear group into one quantised
+    operator only while the DequantizeLinear output feeds nothing else, so the map is read from
+    a copy reading the same quantised tensor, scale and zero point (the same float values).
+    On the CPU, int8 activations are fused only after onnxruntime turns each QuantizeLinear ->
+    DequantizeLinear pair into uint8, which it does only for a quantised tensor read by
+    DequantizeLinear nodes alone; the copy would add a reader and keep both neighbouring groups
+    in float (EfficientNet-Lite0 from ``quantize_static``: outputs moved by 0.11). So the pair
+    is turned into uint8 here (zero point + 128: the same float values, exactly).
+    """
+    import onnx_graphsurgeon as gs
+
+    producer = src.inputs[0] if src.inputs else None
+    if producer is None or producer.op != "DequantizeLinear" or not producer.inputs or isinstance(producer.inputs[0], gs.Constant):
+        return None
+    _as_uint8(producer.inputs[0], f"pfv_onnx/{fm.name}/zero_point_uint8")
+    copy = gs.Variable(f"pfv_onnx/{fm.name}/dequantized", dtype=src.dtype)
+    return gs.Node("DequantizeLinear", attrs=dict(producer.attrs), inputs=list(producer.inputs), outputs=[copy], domain=producer.domain)
+
+
+def _as_uint8(quantised: Any, name: str) -> None:
+    """Make an int8 QuantizeLinear -> DequantizeLinear pair uint8 (zero point + 128), where the
+    quantised tensor comes from a QuantizeLinear with a constant zero point that every
+    DequantizeLinear reading it shares; otherwise leave the graph as it is."""
+    import onnx_graphsurgeon as gs
+
+    q = quantised.inputs[0] if quantised.inputs else None
+    if q is None or q.op != "QuantizeLinear" or len(q.inputs) < 3 or "output_dtype" in q.attrs:
+        return
+    zp = q.inputs[2]
+    readers = list(quantised.outputs)
+    if not isinstance(zp, gs.Constant) or np.asarray(zp.values).dtype != np.int8 or not readers:
+        return
+    if any(r.op != "DequantizeLinear" or len(r.inputs) < 3 or r.inputs[2] is not zp for r in readers):
+        return
+    shifted = gs.Constant(name, np.asarray(np.asarray(zp.values).astype(np.int16) + 128, dtype=np.uint8))
+    for node in (q, *readers):
+        node.inputs[2] = shifted
+    quantised.dtype = np.uint8
 
 
 def _grid_view(fm: FeatureMap, src: Any, tensors: dict[str, Any]) -> tuple[list[Any], Any]:

@@ -38,12 +38,7 @@ N_IMAGES = 4
 
 #: (test, family) -> what fails on the current engine. Strict: a case that starts passing fails
 #: until its entry is removed.
-XFAIL: dict[tuple[str, str], str] = {
-    ("exporters", "swin_v2"): (
-        "the weighting maps are Swin-V2 stage outputs whose channel sums are float noise (about 1e-6: every "
-        "residual branch ends in a LayerNorm, zero-mean with these weights), so two exports weight differently"
-    ),
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 
 def _param(test: str, stem: str):

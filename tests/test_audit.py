@@ -120,3 +120,18 @@ def test_the_page_flags_the_planted_watermarks(tmp_path):
     scores = {im["file"]: im["prediction"]["score"] for im in json.loads((out / "report.json").read_text())["images"]}
     for file, _, _, flags in cards:
         assert ("low" in flags.split()) == (scores[file] < 0.5), file
+
+
+def test_median_colours_of_8bit_maps_equal_numpys_median():
+    """The histogram median of uint8 maps against np.median, for odd and even pixel counts and ties."""
+    from pfv_onnx.audit import median_colours
+
+    rng = np.random.default_rng(7)
+    maps = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    maps[1] = 9
+    maps[2, :3], maps[2, 3:] = 10, 20  # the middle two differ: their mean
+    for m in (maps, maps[:, :, :6]):
+        want = np.median(m.reshape(len(m), -1, 3).astype(np.float64), axis=1) / 255.0
+        np.testing.assert_array_equal(median_colours(m), want)
+    floats = rng.random((2, 4, 4, 3))
+    np.testing.assert_allclose(median_colours(floats), np.median(floats.reshape(2, -1, 3), axis=1))

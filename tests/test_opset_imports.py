@@ -14,12 +14,8 @@ from pfv_onnx.cli import main
 from pfv_onnx.errors import ModelError
 
 UNUSED = "com.example.nothing_uses_this"
-# Tapping a QDQ graph's maps keeps onnxruntime from fusing some QDQ pairs, which moves a few
-# outputs by a quantisation step; the self-check says so, which is not what these tests look at.
-QDQ_SELF_CHECK = pytest.mark.filterwarnings("ignore:the model's outputs change:RuntimeWarning")
 
 
-@QDQ_SELF_CHECK
 def test_quantised_model_with_unused_opset_imports_is_explained(efficientnet_int8):
     """onnxruntime's quantiser writes opset imports for domains no node uses."""
     m = onnx.load(str(efficientnet_int8), load_external_data=False)
@@ -36,7 +32,6 @@ def test_quantised_model_with_unused_opset_imports_is_explained(efficientnet_int
     assert all(r in t for r, t in zip(ref_logits.argmax(axis=1), top5))  # the int8 copy still classifies the photos
 
 
-@QDQ_SELF_CHECK
 def test_quantised_model_on_the_command_line(efficientnet_int8, tmp_path):
     out = tmp_path / "out"
     assert main(["run", str(efficientnet_int8), str(derived_models.PHOTOS[0]), str(derived_models.PHOTOS[1]), "-o", str(out), "-q"]) == 0

@@ -194,3 +194,127 @@ def test_without_a_later_sync_every_file_is_synced(tmp_path, monkeypatch):
     monkeypatch.delattr(os, "sync", raising=False)
     atomic_write_bytes(tmp_path / "c.bin", b"ghi", durable=False)
     assert len(calls) == 1 and (tmp_path / "c.bin").read_bytes() == b"ghi"
+
+
+# --------------------------------------------------------------------------- a run's files
+
+
+def _colour_model(path) -> None:
+    """A classifier of the dominant colour: 1x1 convolutions give relu(x) and relu(-x) of each
+    input channel, a 3x3 convolution keeps them (E_L), and the logits are 20 times the mean
+    positive part of R, G and B. An image at the preprocessing mean (input zero) scores 1/3
+    on every class; a saturated red, green or blue one scores near 1 on its colour."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w1 = np.zeros((6, 3, 1, 1), np.float32)
+    for c in range(3):
+        w1[2 * c, c], w1[2 * c + 1, c] = 1.0, -1.0
+    w2 = np.zeros((6, 6, 3, 3), np.float32)
+    w2[np.arange(6), np.arange(6), 1, 1] = 1.0
+    w2[np.arange(6), np.arange(6), 0, 1] = 0.25
+    head = np.zeros((6, 3), np.float32)
+    head[[0, 2, 4], [0, 1, 2]] = 20.0
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["c1"], pads=[0, 0, 0, 0]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("GlobalAveragePool", ["r2"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "head"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "colours",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"), numpy_helper.from_array(head, "head")],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    """A run over saturated red, green and blue pictures and one planted at the ImageNet mean
+    colour (the model's least confident input), full-precision rgb in pfv.npz."""
+    import cv2
+
+    from pfv_onnx.cli import main
+
+    root = tmp_path_factory.mktemp("colours")
+    _colour_model(root / "colours.onnx")
+    rng = np.random.default_rng(5)
+    folder = root / "images"
+    folder.mkdir()
+    y, x = np.mgrid[0:40, 0:56]
+    for i, (name, bgr) in enumerate([("red", (0, 0, 255)), ("green", (0, 255, 0)), ("blue", (255, 0, 0))] * 2):
+        pic = np.zeros((40, 56, 3), np.uint8)
+        pic[...] = bgr
+        pic[(x // (6 + i) + y // 7) % 2 == 0] //= 3  # a pattern, so that the maps vary across each image
+        cv2.imwrite(str(folder / f"{name}{i}.png"), pic)
+    mean = np.full((40, 56, 3), (104, 116, 124), np.uint8)  # ImageNet mean, B, G, R
+    mean += rng.integers(0, 2, mean.shape, dtype=np.uint8)
+    cv2.imwrite(str(folder / "planted.png"), mean)
+    out = root / "out"
+    assert main(["run", str(root / "colours.onnx"), str(folder), "-o", str(out), "-q", "--npz-precision", "full", "--weight-layers", "none"]) == 0
+    return out
+
+
+def test_report_records_the_audit_flags(colour_run):
+    """The planted picture, and only it, is flagged as low confidence in report.json; every
+    image's flag agrees with a softmax of the logits in pfv.npz computed here."""
+    report = json.loads((colour_run / "report.json").read_text())
+    with np.load(colour_run / "pfv.npz") as z:
+        logits, files = z["output/logits"].astype(np.float64), list(z["files"])
+    p = np.exp(logits - logits.max(axis=1, keepdims=True))
+    top = (p / p.sum(axis=1, keepdims=True)).max(axis=1)
+    flagged = {im["name"] for im in report["images"] if im["flags"]["low_confidence"]}
+    assert flagged == {"planted"}
+    for im in report["images"]:
+        assert im["flags"]["low_confidence"] == (top[files.index(im["file"])] < report["audit"]["low_confidence_below"])
+        assert set(im["flags"]) == {"atypicality", "atypicality_rank", "atypical", "low_confidence"}
+    assert 'class="flag low"' in (colour_run / "report.html").read_text()  # the page shows what report.json records
+
+
+def test_map_file_holds_exactly_the_rendered_map(colour_run):
+    """Each map file decodes to the picture of pfv.npz's rgb exactly (a lossless file), and to
+    within one level of a bilinear resize computed here."""
+    import cv2
+
+    from pfv_onnx import render
+
+    report = json.loads((colour_run / "report.json").read_text())
+    with np.load(colour_run / "pfv.npz") as z:
+        rgb, files = z["rgb"], list(z["files"])
+    assert rgb.dtype == np.float32
+    for im in report["images"]:
+        pic = cv2.imread(str(colour_run / im["outputs"]["map"]), cv2.IMREAD_UNCHANGED)
+        m = rgb[files.index(im["file"])]
+        h, w = im["size"]
+        np.testing.assert_array_equal(pic, render.map_picture(m, (h, w), tuple(im["crop_box"])))
+        x0, y0, x1, y1 = im["crop_box"]
+        assert (x0, y0, x1, y1) == (0, 0, w, h)
+        mine = np.rint(cv2.resize(np.ascontiguousarray(m[:, :, ::-1]), (w, h), interpolation=cv2.INTER_LINEAR) * 255)
+        assert np.abs(pic.astype(np.float64) - np.clip(mine, 0, 255)).max() <= 1
+
+
+def test_labels_that_do_not_fit_are_one_warning(vgg_model, tmp_path):
+    """3 labels for the 10 classes: one warning in report.json (none in the notes), and no names."""
+    import cv2
+
+    from pfv_onnx.cli import main
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(8)
+    for i in range(5):
+        cv2.imwrite(str(folder / f"im{i}.png"), rng.integers(0, 256, (24, 32, 3), dtype=np.uint8))
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\nc\n")
+    out = tmp_path / "out"
+    assert main(["run", str(vgg_model), str(folder), "-o", str(out), "-q", "--labels", str(labels), "--no-html"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    about_labels = [w for w in report["warnings"] + report["notes"] if "labels" in w]
+    assert len(about_labels) == 1 and about_labels[0] in report["warnings"] and about_labels[0].startswith("3 labels")
+    assert all(im["prediction"]["label"] is None for im in report["images"])

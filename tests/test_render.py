@@ -110,6 +110,36 @@ def test_encode_png_round_trip_and_deterministic():
     np.testing.assert_array_equal(back, pic)
 
 
+@pytest.mark.parametrize("libdeflate", [True, False])
+def test_encode_png_is_lossless_for_other_decoders(libdeflate, monkeypatch):
+    """Smooth maps and noise, odd sizes, with libdeflate and with OpenCV's zlib: Pillow and
+    OpenCV both decode exactly the pixels."""
+    import io
+    import sys
+
+    from PIL import Image
+
+    if not libdeflate:
+        monkeypatch.setitem(sys.modules, "deflate", None)  # import fails: OpenCV writes the file
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[0:61, 0:97]
+    smooth = np.stack([(x * 2.6) % 256, (y * 4.1) % 256, (x + y) % 256], axis=-1).astype(np.uint8)
+    for pic in (smooth, rng.integers(0, 256, (5, 3, 3), dtype=np.uint8), np.zeros((1, 1, 3), np.uint8)):
+        data = render.encode_png(pic)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))[:, :, ::-1], pic)
+        np.testing.assert_array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED), pic)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_map_to_bgr_clips_and_zeroes_nan(k):
+    rng = np.random.default_rng(6)
+    x = rng.random((9, 11, k), dtype=np.float32) * 1.4 - 0.2
+    x[0, 0, 0], x[1, 1, 1], x[2, 2, 2] = np.nan, np.inf, -np.inf
+    want = np.clip(np.nan_to_num(x[:, :, :3].astype(np.float64), nan=0.0, posinf=1.0, neginf=0.0), 0, 1)[:, :, ::-1]
+    np.testing.assert_array_equal(render.map_to_bgr(x), want.astype(np.float32))
+
+
 def test_float_to_uint8_rounds_and_saturates_like_numpy():
     """The one-pass OpenCV conversion of a map in [0, 1] equals clip(rint(255 x)) exactly, 255 x in float32."""
     rng = np.random.default_rng(3)

@@ -313,7 +313,7 @@ def test_every_run_gives_the_same_bytes(setup, tmp_path):
     assert main(_args(setup, out)) == 1
     assert_same_results(setup["ref"], out)
     names = set(_files(out))
-    assert {"pfv.npz", "mosaic.png", "report.json"} <= names and {f"im{i}.pfv.png" for i in range(7)} <= names
+    assert {"pfv.npz", "mosaic.jpg", "report.json"} <= names and {f"im{i}.pfv.png" for i in range(7)} <= names
 
 
 def test_reference_run_shape(setup):

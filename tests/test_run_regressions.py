@@ -205,7 +205,7 @@ def test_reused_output_folder_keeps_only_this_runs_files_and_the_users(colour_mo
     listed = {name for im in report["images"] for name in im["outputs"].values()}
     on_disk = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     pictures = {n for n in on_disk if n.endswith((".png", ".jpg")) and "/" not in n}  # the page's own pictures aside
-    assert pictures == {n for n in listed if "/" not in n} | {"mosaic.png"}
+    assert pictures == {n for n in listed if "/" not in n} | {"mosaic.jpg"}
     assert not any(n.startswith("a0") or "/a0" in n for n in on_disk)
     assert (out / "notes.txt").read_text() == "mine"
 

@@ -413,6 +413,13 @@ def test_sanity_command_on_a_small_graph(save_model, tmp_path, capsys):
     record = json.loads((out / "sanity.json").read_text())
     assert record["images"] == 3 and len(record["failures"]) == 1
     assert record["randomisation"]["seed"] == 5
+    # the warnings and provenance that report.json carries: a group too small, each input's SHA-256
+    assert any(w.startswith("one group of") for w in record["warnings"])
+    import hashlib
+
+    used = {p["file"]: p["sha256"] for p in record["provenance"]["inputs"]}
+    assert used == {str(img_dir / f"im{i}.png"): hashlib.sha256((img_dir / f"im{i}.png").read_bytes()).hexdigest() for i in range(3)}
+    assert record["provenance"]["versions"]["numpy"] == np.__version__
     assert f"Spearman {record['trained_vs_randomised']['spearman']:.2f}" in printed.out
     for name in ("trained.png", "randomised.png", "sanity.png", "randomised.onnx"):
         assert (out / name).is_file()

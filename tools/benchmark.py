@@ -552,7 +552,9 @@ def write_image_folder(folder: Path, n: int, seed: int = 2, vary: bool = False) 
     return written
 
 
-def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, provider: str) -> dict:
+def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, provider: str, variants_wanted: bool = True) -> dict:
+    """(d) against decoding + (a) in interleaved pairs (the order alternating), then the CPU cost
+    of each output per image, measured in this process on the first run's results."""
     cmd = cli_command()
     if cmd is None:
         return {"skipped": "pfv-onnx is not installed (pip install -e .)"}
@@ -566,43 +568,63 @@ def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, prov
         prep = inputs.make_preprocessing("inception", size=224)
         # the command runs with onnxruntime's default threads, whatever --threads says: so does its baseline
         plain = PlainSession(model.onnx_path, provider, None)
-        baseline, decode_only = [], []
-        for _ in range(repeats):
+
+        def baseline() -> tuple[float, float]:
             t0 = time.perf_counter()
             xs = [inputs.load_image(f, prep)[1] for f in files]
             t1 = time.perf_counter()
             for i in range(0, len(xs), batch_size):
                 plain.run(inputs.stack_batch(xs[i : i + batch_size]))
-            baseline.append(time.perf_counter() - t0)
-            decode_only.append(t1 - t0)
-        variants = []
-        for label, extra in (("default (JPEG overlays for JPEG images)", []), ("--overlay-format png", ["--overlay-format", "png"])):
-            runs, steps, sizes, pngs = [], [], [], 0
+            return time.perf_counter() - t0, t1 - t0
+
+        options = [("default", [])]
+        if variants_wanted:
+            options.append(("--overlay-format png", ["--overlay-format", "png"]))
+        variants, kept = [], None
+        for label, extra in options:
+            runs, base, decode_only, steps, sizes, pngs = [], [], [], [], [], 0
             for r in range(repeats):
                 out = Path(tmp) / f"out{len(variants)}-{r}"
                 full = cmd + ["run", str(model.onnx_path), str(folder), "-o", str(out), "-q", "--batch-size", str(batch_size), "--provider", provider, *extra]
-                t0 = time.perf_counter()
-                proc = subprocess.run(full, capture_output=True, text=True)
-                runs.append(time.perf_counter() - t0)
-                if proc.returncode != 0:
-                    return {"skipped": f"pfv-onnx run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
+                for first in ((0, 1) if r % 2 == 0 else (1, 0)):  # a pair, its order alternating
+                    if first == 0:
+                        b, d = baseline()
+                        base.append(b)
+                        decode_only.append(d)
+                        continue
+                    t0 = time.perf_counter()
+                    proc = subprocess.run(full, capture_output=True, text=True)
+                    runs.append(time.perf_counter() - t0)
+                    if proc.returncode != 0:
+                        return {"skipped": f"pfv-onnx run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
                 pngs = len(list(out.rglob("*.png")))
                 steps.append(json.loads((out / "report.json").read_text())["timings"])
                 sizes.append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
-                shutil.rmtree(out)
+                if kept is None:
+                    kept = out
+                else:
+                    shutil.rmtree(out)
+            ratios = sorted(b / r_ for b, r_ in zip(base, runs))
             variants.append(
                 {
                     "label": label,
                     "args": extra,
                     "run_s": median(runs),
                     "run_images_per_s": n_images / median(runs),
+                    "decode_plus_a_s": median(base),
+                    "decode_s": median(decode_only),
+                    "ratio": median(ratios),
+                    "ratio_min": ratios[0],
+                    "ratio_max": ratios[-1],
                     "pngs_written": pngs,
                     "output_mib": median(sizes) / 2**20,
                     # the command's own account (report.json): decoding summed over its threads
                     "steps_s": {k: median([st[k] for st in steps]) for k in steps[0]},
                 }
             )
+        costs = output_costs(kept, files) if kept is not None else {}
         shown = f"pfv-onnx run {model.onnx_path.name} FOLDER -o OUT -q --batch-size {batch_size} --provider {provider}"
+        v0 = variants[0]
         return {
             "model": model.name,
             "images": n_images,
@@ -610,12 +632,63 @@ def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, prov
             "command": shown,
             "variants": variants,
             "repeats": repeats,
-            "run_s": variants[0]["run_s"],
-            "run_images_per_s": variants[0]["run_images_per_s"],
-            "decode_s": median(decode_only),
-            "decode_plus_a_s": median(baseline),
-            "decode_plus_a_images_per_s": n_images / median(baseline),
+            "run_s": v0["run_s"],
+            "run_images_per_s": v0["run_images_per_s"],
+            "decode_s": v0["decode_s"],
+            "decode_plus_a_s": v0["decode_plus_a_s"],
+            "decode_plus_a_images_per_s": n_images / v0["decode_plus_a_s"],
+            "output_cpu_ms": costs,
         }
+
+
+def output_costs(outdir: Path, files: list[Path], sample: int = 32) -> dict[str, float]:
+    """CPU ms per image of each output of a finished run in ``outdir``, one thread, made again
+    here with the functions the command uses (files written to a scratch folder): per image on
+    the first ``sample`` images; per run (npz, mosaic, report.json, page) divided by the images."""
+    import cv2
+
+    from pfv_onnx import render
+    from pfv_onnx.html_report import write_report
+    from pfv_onnx.inputs import decode_image
+    from pfv_onnx.outputs import atomic_write_bytes, write_json, write_npz
+    from pfv_onnx.report.assets import thumbnail_jpeg
+
+    cv2.setNumThreads(1)
+    report = json.loads((outdir / "report.json").read_text())
+    n = len(report["images"])
+    with np.load(outdir / "pfv.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    scratch = Path(tempfile.mkdtemp(prefix="pfv-costs-"))
+    cpu: dict[str, float] = {}
+
+    def timed(key: str, fn: Callable[[], object], per: int = 1) -> object:
+        t0 = time.process_time()
+        out = fn()
+        cpu[key] = cpu.get(key, 0.0) + (time.process_time() - t0) * 1e3 / per
+        return out
+
+    recs = report["images"][:sample]
+    tiles = []
+    for rec in recs:
+        img = timed("decode (for reference)", lambda: decode_image(rec["file"]).bgr)
+        rgb = arrays["rgb"][rec["row"]].astype(np.float32) / 255.0
+        box = tuple(rec["crop_box"])
+        pic = timed("map: upsampling", lambda: render.map_picture(rgb, img.shape[:2], box))
+        png = timed("map: PNG", lambda: render.encode_png(pic))
+        over = timed("overlay: blend", lambda: render.overlay(img, pic, 0.5, box))
+        jpg = timed("overlay: JPEG", lambda: render.encode_jpeg(over, render.OVERLAY_QUALITY))
+        timed("thumbnails (3 JPEGs)", lambda: [thumbnail_jpeg(p, k) for k, p in (("image", img), ("map", pic), ("overlay", over))])
+        timed("writing the two files", lambda: [atomic_write_bytes(scratch / f"{rec['name']}.{x}", b, durable=False) for x, b in (("png", png), ("jpg", jpg))])
+        tiles.append((render.letterbox(img, 160), render.letterbox(pic, 160)))
+    cpu = {k: v / len(recs) for k, v in cpu.items()}
+    deflate = ["rgb"] if arrays["rgb"].dtype == np.uint8 else []
+    timed("pfv.npz", lambda: write_npz(scratch / "pfv.npz", arrays, deflate=deflate), n)
+    timed("mosaic.jpg (64 tiles)", lambda: atomic_write_bytes(scratch / "m.jpg", render.encode_jpeg(render.mosaic([t[0] for t in tiles] * 2, [t[1] for t in tiles] * 2, ["x"] * 2 * len(tiles), key=3), render.MOSAIC_QUALITY)), n)
+    timed("report.json", lambda: write_json(scratch / "report.json", report), n)
+    timed("report.html (with legend patches and component views)", lambda: write_report(outdir), n)
+    shutil.rmtree(scratch, ignore_errors=True)
+    cpu["total"] = sum(v for k, v in cpu.items() if k != "decode (for reference)")
+    return cpu
 
 
 # --------------------------------------------------------------------------- report
@@ -693,21 +766,27 @@ def print_report(result: dict) -> None:
         if "skipped" in cli:
             print(f"- skipped: {cli['skipped']}\n")
         else:
-            print(f"- `{cli['command']}` on {cli['images']} JPEGs of 640x480, {cli.get('repeats', 3)} runs each, medians")
+            print(f"- `{cli['command']}` on {cli['images']} JPEGs of 640x480, {cli.get('repeats', 3)} interleaved pairs (run, decoding + (a)) each, medians")
             print(
                 f"- decoding + (a) at batch {cli['batch_size']}: {cli['decode_plus_a_s']:.1f} s (decoding {cli['decode_s']:.1f} s), "
                 f"**{cli['decode_plus_a_images_per_s']:.1f} images/s**\n"
             )
-            print("| (d) `pfv-onnx run` | s | images/s | (d) / (decoding + (a)) | output MiB | forward s | decompose s | drawing and writing s | other s |")
+            print("| (d) `pfv-onnx run` | s | images/s | (d) / (decoding + (a)), pairs | output MiB | forward s | decompose s | drawing and writing s | other s |")
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for v in cli["variants"]:
                 st = v["steps_s"]
                 rest = v["run_s"] - st.get("total_s", 0.0)
                 print(
-                    f"| {v['label']} | {v['run_s']:.1f} | {v['run_images_per_s']:.1f} | **{v['run_images_per_s'] / cli['decode_plus_a_images_per_s']:.2f}** | "
+                    f"| {v['label']} | {v['run_s']:.1f} | {v['run_images_per_s']:.1f} | **{v['ratio']:.2f}** ({v['ratio_min']:.2f}-{v['ratio_max']:.2f}) | "
                     f"{v['output_mib']:.0f} | {st.get('forward_s', 0):.2f} | {st.get('decompose_s', 0):.2f} | {st.get('render_s', 0):.2f} | {rest:.2f} |"
                 )
             print()
+            if cli.get("output_cpu_ms"):
+                print("CPU ms per image of each output (one thread, made again in the benchmark's process):\n")
+                print("| output | CPU ms per image |\n|---|---:|")
+                for k, v in cli["output_cpu_ms"].items():
+                    print(f"| {k} | {v:.2f} |")
+                print()
 
 
 # --------------------------------------------------------------------------- main
@@ -728,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-torch", action="store_true", help="skip column (c) even when torch is installed")
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--no-cli", action="store_true")
+    parser.add_argument("--cli-only", action="store_true", help="only (d), the command against decoding + (a), and the CPU cost of each output")
+    parser.add_argument("--cli-repeats", type=int, help="interleaved pairs for (d) (default 2, 1 with --quick)")
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -743,6 +824,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         models = [EFFICIENTNET] if args.models == parser.get_default("models") else models
         batches, sizes, repeats, cli_images, bd_batch, cli_repeats = [1, 8], [], 3, 32, 8, 1
+    if args.cli_only:
+        models, batches, sizes, args.no_rss, args.no_torch = [EFFICIENTNET], [], [], True, True
+    cli_repeats = args.cli_repeats or cli_repeats
     with_torch = not args.no_torch and _torch() is not None  # imports torch when it is there
     set_threads(args.threads)
     if with_torch:
@@ -779,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise SystemExit(f"unknown model {name!r}; choose {EFFICIENTNET} or {RESNET}")
             loaded.append(m)
-        for m in loaded:
+        for m in loaded if not args.cli_only else []:
             size = m.fixed_size or 224
             result["batches"] += measure_batches(m, batches, size, repeats, args.provider, with_torch)
             result["breakdown"].append(measure_breakdown(m, bd_batch, size, repeats, args.provider))
@@ -789,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["rss"].append(measure_rss(m, bd_batch, size, args.provider, args.threads, Path(tmp)))
         if not args.no_cli and loaded and loaded[0].name == EFFICIENTNET:
             print(f"pfv-onnx run on {cli_images} images ...", file=sys.stderr, flush=True)
-            result["cli"] = measure_cli(loaded[0], cli_images, 16, cli_repeats, args.provider)
+            result["cli"] = measure_cli(loaded[0], cli_images, 16, cli_repeats, args.provider, variants_wanted=not args.cli_only)
     result["load_after"] = _fmt_load(load_average())
     result["wall_s"] = time.perf_counter() - started
     print_report(result)

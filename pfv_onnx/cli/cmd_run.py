@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--overlay-format",
         choices=OVERLAY_FORMATS,
         default="auto",
-        help="file format of the overlays (NAME.overlay.*). auto (default): JPEG (quality 95, full colour "
+        help="file format of the overlays (NAME.overlay.*). auto (default): JPEG (quality 85, full colour "
         "resolution) for JPEG images, whose pixels are lossy already, PNG for the rest. The maps (NAME.pfv.png) are always PNG",
     )
     ray.add_argument(

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError, PfvError
     from ..inputs import collect_images, crop_box, decode_image, preprocess, stack_batch
     from ..outputs import atomic_write_bytes, write_json, write_npz
+    from ..provenance import provenance
     from ..sanity import sanity_check
     from ..similarity import require
     from .cmd_run import predictions
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     pfv = _args.build_pfv(args)
     prep, prep_notes = _args.build_preprocessing(args, pfv)
-    _preamble.preamble(args, pfv, "pfv-onnx sanity")
+    warnings = _preamble.preamble(args, pfv, "pfv-onnx sanity", len(found.files))
     labels, _ = _args.read_labels(args.labels, pfv)
 
     files: list[Path] = []
@@ -192,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
             for i, f in enumerate(files)
         ],
         "failures": failures,
+        "warnings": warnings,
+        "provenance": provenance(files),
         "outputs": {
             "trained": TRAINED_PNG,
             "randomised": RANDOMISED_PNG,

@@ -24,16 +24,16 @@ ASSETS = "report_files"
 THUMBS = f"{ASSETS}/thumbs"
 LEGEND = f"{ASSETS}/legend"
 VIEWS = f"{ASSETS}/components"
-THUMB_QUALITY = 90  # JPEG quality of the thumbnails
+THUMB_QUALITY = 80  # JPEG quality of the thumbnails (shown at half their pixels; sizes in docs/PERFORMANCE.md)
 # Legend patches and component views are page pictures only: JPEG at this quality keeps them
-# within a grey level or two of the pixels (tested) at a fifth of the PNG bytes.
-PAGE_QUALITY = 92
+# within a grey level or two of the pixels (tested) at a seventh of the PNG bytes.
+PAGE_QUALITY = 85
 THUMB_SIDE = 320  # longest side of a gallery thumbnail, in pixels (shown at about half: sharp on HiDPI screens)
-PATCH_SIDE = 120  # legend patches are square PNGs of this side (shown at half: sharp on HiDPI screens)
+PATCH_SIDE = 120  # legend patches are square JPEGs of this side (shown at half: sharp on HiDPI screens)
 VIEW_SIDE = 240  # longest side of a per-component view
 VIEW_IMAGE_WEIGHT = 0.25  # share of the (gray) image under a per-component view
 
-_PAGE_FILE = re.compile(r"(g\d+-c\d+-(pos|neg)-\d+|g\d+-\d+-c\d+)\.(png|jpg)")
+_PAGE_FILE = re.compile(r"(g\d+-c\d+-(pos|neg)-\d+|g\d+-\d+-c\d+|g\d+-\d+-y\d+x\d+)\.(png|jpg)")
 
 
 def thumb_size(h: int, w: int, side: int = THUMB_SIDE) -> tuple[int, int]:
@@ -52,6 +52,12 @@ def _shrink(bgr: np.ndarray) -> np.ndarray:
     return cv2.resize(bgr, (tw, th), interpolation=cv2.INTER_AREA)
 
 
+def thumbnail_jpeg(pic: np.ndarray, kind: str) -> bytes:
+    """A gallery thumbnail of a full-size picture: the map's keeps full colour resolution, the
+    image's and the overlay's have the half-resolution colour of photographs."""
+    return encode_jpeg(_shrink(pic), THUMB_QUALITY, full_colour=kind == "map")
+
+
 def _thumb_paths(name: str) -> dict[str, str]:
     return {f"thumb_{kind}": f"{THUMBS}/{name}.{kind}.jpg" for kind in ("image", "map", "overlay")}
 
@@ -67,7 +73,7 @@ def write_thumbnails(outdir: str | os.PathLike[str], name: str, image_bgr: np.nd
 
     paths = _thumb_paths(name)
     for kind, pic in (("image", image_bgr), ("map", map_bgr), ("overlay", overlay_bgr)):
-        atomic_write_bytes(Path(outdir) / paths[f"thumb_{kind}"], encode_jpeg(_shrink(pic), THUMB_QUALITY), durable=False)
+        atomic_write_bytes(Path(outdir) / paths[f"thumb_{kind}"], thumbnail_jpeg(pic, kind), durable=False)
     return paths
 
 
@@ -153,11 +159,11 @@ class Pictures:
             src = out.get(kind)
             pic = cv2.imread(str(self.outdir / src), cv2.IMREAD_COLOR) if self.exists(src) else None
             if pic is not None:
-                atomic_write_bytes(self.outdir / paths[f"thumb_{kind}"], encode_jpeg(_shrink(pic), THUMB_QUALITY))
+                atomic_write_bytes(self.outdir / paths[f"thumb_{kind}"], thumbnail_jpeg(pic, kind))
                 made[f"thumb_{kind}"] = paths[f"thumb_{kind}"]
         original = decoded(rec["file"], rec.get("size") or [0, 0], self.max_pixels)
         if original is not None:
-            atomic_write_bytes(self.outdir / paths["thumb_image"], encode_jpeg(_shrink(original), THUMB_QUALITY))
+            atomic_write_bytes(self.outdir / paths["thumb_image"], thumbnail_jpeg(original, "image"))
             made["thumb_image"] = paths["thumb_image"]
         return made
 
@@ -178,6 +184,7 @@ class Pictures:
                 for j, p in enumerate(chosen):
                     wanted.setdefault(p.index, []).append((c, side, j, p))
         saved: dict[tuple[int, str, int], str] = {}
+        written: set[str] = set()
         for i, jobs in wanted.items():  # each original decoded once
             rec = recs[i]
             img = decoded(rec["file"], rec.get("size") or [0, 0], self.max_pixels)
@@ -186,11 +193,13 @@ class Pictures:
                 continue
             crop = rec.get("crop_box") or [0, 0, img.shape[1], img.shape[0]]
             for c, side, j, p in jobs:
-                x0, y0, x1, y1 = patch_box(p.y, p.x, (gh, gw), crop, img.shape[:2])
-                interp = cv2.INTER_AREA if (x1 - x0) > PATCH_SIDE else cv2.INTER_LINEAR
-                patch = cv2.resize(img[y0:y1, x0:x1], (PATCH_SIDE, PATCH_SIDE), interpolation=interp)
-                rel = f"{LEGEND}/g{g}-c{c + 1}-{side}-{j}.jpg"
-                atomic_write_bytes(self.outdir / rel, encode_jpeg(patch, PAGE_QUALITY))
+                rel = f"{LEGEND}/g{g}-{i}-y{p.y}x{p.x}.jpg"  # one file per place: a place can end several components
+                if rel not in written:
+                    x0, y0, x1, y1 = patch_box(p.y, p.x, (gh, gw), crop, img.shape[:2])
+                    interp = cv2.INTER_AREA if (x1 - x0) > PATCH_SIDE else cv2.INTER_LINEAR
+                    patch = cv2.resize(img[y0:y1, x0:x1], (PATCH_SIDE, PATCH_SIDE), interpolation=interp)
+                    atomic_write_bytes(self.outdir / rel, encode_jpeg(patch, PAGE_QUALITY), durable=False)
+                    written.add(rel)
                 saved[(c, side, j)] = rel
         return [
             tuple([(p, saved[(c, side, j)]) for j, p in enumerate(chosen) if (c, side, j) in saved] for side, chosen in (("pos", pos), ("neg", neg)))  # type: ignore[misc]

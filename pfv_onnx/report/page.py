@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..audit import AuditFlags, audit_flags, mean_colours
+from ..audit import mean_colours, median_colours, record_flags
 from ..render import component_ends
 from . import sections
 from .assets import PATCH_SIDE, THUMB_SIDE, Pictures, read_components, thumb_size
@@ -101,10 +101,10 @@ class Page:
         if name and (self.outdir / name).is_file():
             try:
                 with np.load(self.outdir / name, allow_pickle=False) as z:
-                    if "rgb" in z.files and z["rgb"].ndim == 4 and max(rows, default=-1) < z["rgb"].shape[0]:
-                        rgb = z["rgb"][rows]
-                        scale = 255.0 if rgb.dtype == np.uint8 else 1.0
-                        return mean_colours(rgb), np.median(rgb.reshape(len(rows), -1, rgb.shape[-1]), axis=1) / scale
+                    rgb = z["rgb"] if "rgb" in z.files else None  # each z[key] reads (and inflates) the array again
+                if rgb is not None and rgb.ndim == 4 and max(rows, default=-1) < rgb.shape[0]:
+                    rgb = rgb[rows]
+                    return mean_colours(rgb), median_colours(rgb)
             except (OSError, ValueError):
                 pass
         means, medians = [], []
@@ -123,19 +123,17 @@ class Page:
         return np.asarray(means), np.asarray(medians)
 
     def _flags(self, images: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        preds = [r.get("prediction") if isinstance(r.get("prediction"), dict) else {} for r in images]
         found = self._colours(images) if images else None
         if found is None:
             colours = np.zeros((len(images), 1))
             if images:
                 self.files.notes.append("the maps could not be read: no image is flagged as atypical")
         else:
-            colours = found[0][:, : min(self.k, 3) if self.k > 1 else 1]
+            colours = found[0]
             for g in {int(r.get("group", 0)) for r in images}:
                 idx = [i for i, r in enumerate(images) if int(r.get("group", 0)) == g]
                 self.typical[g] = tuple(float(v) for v in np.median(found[1][idx], axis=0)[:3])
-        flags: AuditFlags = audit_flags(colours, [p.get("class") for p in preds], [p.get("score") for p in preds], [int(r.get("group", 0)) for r in images])
-        return [flags.record(i) for i in range(len(images))]
+        return record_flags(images, colours, self.k)
 
     # -- the gallery ------------------------------------------------------------------------
 

@@ -22,7 +22,7 @@ from ..errors import InputError
 RECORD = ".pfv-onnx-files.json"
 REPORT = "report.json"
 NPZ = "pfv.npz"
-MOSAIC = "mosaic.png"
+MOSAIC = "mosaic.jpg"
 REPORT_HTML = "report.html"
 PAGE_FOLDER = "report_files"  # the page's pictures (html_report.ASSETS)
 PICTURE_ENDINGS = (".pfv.png", ".overlay.png", ".overlay.jpg")

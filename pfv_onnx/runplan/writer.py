@@ -16,14 +16,15 @@ import numpy as np
 
 from ..errors import InputError, one_line
 from .outdir import MOSAIC, NPZ, REPORT, REPORT_HTML
-from ..predictions import predictions
+from ..audit import ATYPICAL_DISTANCE, LOW_CONFIDENCE, MIN_CLASS_SIZE, mean_colours, record_flags
+from ..predictions import labels_fit, predictions
 from .progress import SavedGroup
 
 if TYPE_CHECKING:
     from ..inputs import DecodedImage, Preprocessing
     from .loading import Loaded
 
-MOSAIC_MAX = 64  # images shown in mosaic.png
+MOSAIC_MAX = 64  # images shown in the mosaic
 MOSAIC_TILE = 160
 LOSSY_FORMATS = frozenset({"jpeg"})  # DecodedImage.format values whose overlays are JPEG under --overlay-format auto
 NPZ_PRECISIONS = ("uint8", "full")
@@ -55,7 +56,7 @@ def render_one(outdir: Path, name: str, rgb: np.ndarray, image: DecodedImage | N
     files = {"map": f"{name}.pfv.png", "overlay": f"{name}.overlay.{'jpg' if jpeg else 'png'}"}
     # Not synced one by one: the run syncs once before it records a group or itself as done.
     atomic_write_bytes(outdir / files["map"], render.encode_png(pic), durable=False)
-    atomic_write_bytes(outdir / files["overlay"], render.encode_jpeg(over) if jpeg else render.encode_png(over), durable=False)
+    atomic_write_bytes(outdir / files["overlay"], render.encode_jpeg(over, render.OVERLAY_QUALITY) if jpeg else render.encode_png(over), durable=False)
     if thumbs:  # the page's gallery pictures, while the full-size ones are in memory
         from ..html_report import write_thumbnails
 
@@ -106,6 +107,7 @@ class RunWriter:
         self.spool = RowSpool(outdir)
         self.tiles: list[tuple[np.ndarray, np.ndarray, dict[str, Any] | None, str, int]] = []
         self.eigenvalues: list[np.ndarray] = []
+        self.colours: list[np.ndarray] = []
         self.explained: list[np.ndarray] = []
         self.row_groups: list[int] = []
         self.row_files: list[str] = []
@@ -207,6 +209,7 @@ class RunWriter:
         self.tiles.extend(saved.tiles[: max(0, MOSAIC_MAX - len(self.tiles))])
         self.row_groups.extend([saved.index] * len(saved.files))
         self.row_files.extend(saved.files)
+        self.colours.append(mean_colours(saved.arrays["rgb"]))  # for the audit flags: as the page reads them from pfv.npz
         self.eigenvalues.append(np.asarray(saved.eigenvalues, dtype=np.float64))
         self.explained.append(np.asarray(saved.explained_variance_ratio, dtype=np.float64))
         self.report["images"].extend(saved.images)
@@ -222,7 +225,7 @@ class RunWriter:
     def finish(self) -> None:
         """Write pfv.npz, the mosaic, the complete report and the page."""
         from ..outputs import sync_all, write_json, write_npz
-        from ..render import encode_png, mosaic
+        from ..render import MOSAIC_QUALITY, encode_jpeg, mosaic
 
         report = self.report
         if self.rows:
@@ -245,16 +248,20 @@ class RunWriter:
             pic = mosaic([t[0] for t in self.tiles], [t[1] for t in self.tiles], captions, tile=MOSAIC_TILE, key=self.k)
             from ..outputs import atomic_write_bytes
 
-            atomic_write_bytes(self.outdir / MOSAIC, encode_png(pic))
+            atomic_write_bytes(self.outdir / MOSAIC, encode_jpeg(pic, MOSAIC_QUALITY))
             report["outputs"]["mosaic"] = MOSAIC
             report["outputs"]["mosaic_images"] = len(self.tiles)
             if self.rows > len(self.tiles):
-                report["notes"].append(f"mosaic.png shows the first {len(self.tiles)} of {self.rows} images")
+                report["notes"].append(f"{MOSAIC} shows the first {len(self.tiles)} of {self.rows} images")
         if self.pred_output is not None:
             report["outputs"]["prediction_from"] = self.pred_output
-        labels = self.labels
-        if labels and self.pred_classes is not None and len(labels) not in (self.pred_classes, self.pred_classes - 1):
-            report["notes"].append(f"{len(labels)} labels for {self.pred_classes} classes: labels not used")
+        labels, warnings = self.labels, report.setdefault("warnings", [])
+        if not labels_fit(labels, self.pred_classes) and not any(w.startswith(f"{len(labels or ())} labels") for w in warnings):
+            warnings.append(f"{len(labels or ())} labels for {self.pred_classes} classes: predictions are shown without names")
+        if self.rows:
+            for rec, flags in zip(report["images"], record_flags(report["images"], np.concatenate(self.colours), self.k)):
+                rec["flags"] = flags
+            report["audit"] = {"low_confidence_below": LOW_CONFIDENCE, "atypical_above": ATYPICAL_DISTANCE, "min_class_size": MIN_CLASS_SIZE}
         report["pfv"]["groups"] = len(report["groups"])
         report["status"] = "complete"
         if self.html:
