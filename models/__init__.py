@@ -130,10 +130,11 @@ MODELS: dict[str, BundledModel] = {
         licence="Apache-2.0, like pfv-onnx (trained here on generated data)",
         demo_folder="images/shapes",
         description=(
-            "Small vision transformer with a convolutional stem (8x8 patch grid, 4 blocks, a class "
-            "token read by the head) trained here on the synthetic shapes (train_vit.py); "
-            "multi-label, one sigmoid logit per shape class. Undertrained: held-out exact-match "
-            "accuracy 0.30 (per label 0.67). Input 1x3x64x64 RGB in [0, 1]."
+            "Small vision transformer with a CNN-like convolutional stem (ReLU maps at 64, 32 and "
+            "16 px, an 8x8 patch grid, 4 blocks, a class token read by the head) trained here on the "
+            "synthetic shapes (train_vit.py --head cls --epochs 14); multi-label, one sigmoid logit "
+            "per shape class; held-out exact-match accuracy 0.98 (per label 0.99). "
+            "Input 1x3x64x64 RGB in [0, 1]."
         ),
     ),
     "synthetic-vit-mean": BundledModel(
@@ -147,9 +148,10 @@ MODELS: dict[str, BundledModel] = {
         licence="Apache-2.0, like pfv-onnx (trained here on generated data)",
         demo_folder="images/shapes",
         description=(
-            "The synthetic-vit network without a class token: the head reads the mean of the "
-            "patch tokens (train_vit.py --head mean). Undertrained: held-out exact-match accuracy "
-            "0.30 (per label 0.67). Input 1x3x64x64 RGB in [0, 1]."
+            "A small vision transformer without a class token: the head reads the mean of the "
+            "patch tokens. An earlier recipe of train_vit.py (a strided stem with ReLU maps at 32 "
+            "and 16 px, 6000 images x 6 epochs): undertrained, held-out exact-match accuracy 0.30 "
+            "(per label 0.67). Input 1x3x64x64 RGB in [0, 1]."
         ),
     ),
 }

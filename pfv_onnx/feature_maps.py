@@ -37,6 +37,9 @@ class TokenGrid:
     after: int  # special tokens after them
     origin: str = ""  # a rank-4 map with the same grid, whose shape gives h and w at any input size
     origin_axes: tuple[int, int] = (2, 3)  # that map's spatial axes
+    # The tensor is a block's attention probabilities (N, heads, T_query, T_key), viewed as the
+    # attention each token receives (mean over heads and queries): (N, 1, T), token_axis 2.
+    attention: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from .feature_maps import FeatureMap, Layout, Role
 from .graph_index import PLUMBING, GraphIndex, depths
 from .layouts import rank4
 from .model_io import DEFAULT_MAX_TENSOR_BYTES, InputSpec
+from .token_weighting import single_resolution_token_weighting
 
 ACTIVATIONS = {
     "Relu", "Clip", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish",
@@ -52,16 +53,6 @@ class Analysis:
     @property
     def chosen(self) -> list[FeatureMap]:
         return [*self.weighting, self.decomposed]
-
-
-def single_resolution_token_weighting(decomposed: FeatureMap) -> list[FeatureMap]:
-    """Weighting maps of a token model whose network has no grid finer than its patch grid (a plain ViT).
-
-    No weighting: the components are upsampled as they are. The patch embedding is the only
-    layer finer than nothing, and the input image is never a weighting map; a better choice (for
-    example the norm of the patch tokens) is only to be made here, on a measured reason.
-    """
-    return []
 
 
 def analyse(
@@ -115,9 +106,10 @@ def analyse(
                 "never the input image, a Pad, or a map whose grid is not the input's divided by a whole stride"
             )
         elif decomposed.tokens is not None:
-            weighting = single_resolution_token_weighting(decomposed)
+            weighting = single_resolution_token_weighting(m, decomposed)
             notes.append("single-resolution token model (no layer works at a grid finer than the patch grid): "
-                         "the components are upsampled unweighted")
+                         + (f"the components are weighted by the attention each patch token receives in {weighting[0].name}"
+                            if weighting else "the components are upsampled unweighted (no attention Softmax above E_L)"))
             if decomposed.tokens.before or decomposed.tokens.after:
                 warnings.append(
                     "E_L holds the patch tokens of a single-resolution transformer with special (class/register) tokens: "

@@ -107,7 +107,7 @@ def rewrite(model: onnx.ModelProto, analysis: Analysis, *, conv_sums: bool = Tru
             tap_nodes.setdefault(fm.name, []).append(copy)
             src = copy.outputs[0]
         if fm.tokens is not None:
-            nodes, grid = _grid_view(fm, src, tensors)
+            nodes, grid = _grid_view(fm, src, tensors, opset)
             tap_nodes.setdefault(fm.name, []).extend(nodes)
             return grid
         return src
@@ -202,11 +202,12 @@ def _as_uint8(quantised: Any, name: str) -> None:
     quantised.dtype = np.uint8
 
 
-def _grid_view(fm: FeatureMap, src: Any, tensors: dict[str, Any]) -> tuple[list[Any], Any]:
+def _grid_view(fm: FeatureMap, src: Any, tensors: dict[str, Any], opset: int) -> tuple[list[Any], Any]:
     """Nodes that take the patch tokens of token tensor ``src`` and reshape them to ``fm``'s grid view.
 
     h and w come from the shape of the map the tokens were made from, when there is one with the
-    same grid, so the view follows the input size; else they are the analysed size's.
+    same grid, so the view follows the input size; else they are the analysed size's. Attention
+    probabilities (N, heads, T, T) are first averaged over heads and queries into (N, 1, T).
     """
     import onnx_graphsurgeon as gs
 
@@ -219,6 +220,14 @@ def _grid_view(fm: FeatureMap, src: Any, tensors: dict[str, Any]) -> tuple[list[
         return gs.Constant(f"{pre}/{name}", np.array(values, dtype=np.int64))
 
     nodes: list[Any] = []
+    if t.attention:
+        mean = gs.Variable(f"{pre}/received", dtype=src.dtype)
+        if opset >= 18:
+            nodes.append(gs.Node("ReduceMean", attrs={"keepdims": 1}, inputs=[src, const("mean_axes", [1, 2])], outputs=[mean]))
+        else:
+            nodes.append(gs.Node("ReduceMean", attrs={"keepdims": 1, "axes": [1, 2]}, inputs=[src], outputs=[mean]))
+        src = gs.Variable(f"{pre}/received_tokens", dtype=src.dtype)
+        nodes.append(gs.Node("Reshape", inputs=[mean, const("received_shape", [0, 1, -1])], outputs=[src]))
     patches = src
     if t.before or t.after:
         patches = gs.Variable(f"{pre}/patch_tokens", dtype=src.dtype)

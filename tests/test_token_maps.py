@@ -56,8 +56,12 @@ def patch_grid(tokens: np.ndarray, facts: tg.TokenFacts) -> np.ndarray:
     return patches.reshape(tokens.shape[0], h, w, -1).transpose(0, 3, 1, 2)
 
 
-def _as_map(a: np.ndarray) -> np.ndarray:
-    """A weighting map as NCHW: conv maps are; tokens of a finer stage (no special tokens) on their square grid."""
+def _as_map(a: np.ndarray, name: str, facts: tg.TokenFacts) -> np.ndarray:
+    """A weighting map as NCHW: conv maps are; tokens of a finer stage (no special tokens) on their
+    square grid; a block's attention probabilities (N, heads, T, T) as the attention each patch token
+    receives (mean over heads and queries) on the patch grid."""
+    if name.endswith("_attention"):
+        return patch_grid(a.mean(axis=(1, 2))[:, :, None], facts)
     if a.ndim == 4:
         return a
     k = int(round(np.sqrt(a.shape[1])))
@@ -161,7 +165,7 @@ def test_token_pfv_matches_numpy_pca_on_the_patch_grid(name, model_file):
     for i in range(3):  # signs are the engine's rule; the test aligns them
         sign = np.sign(np.sum(got[:, i] * comps[:, i]))
         np.testing.assert_allclose(got[:, i], sign * comps[:, i], atol=1e-4 * np.abs(comps).max())
-    weights = [_as_map(raw[n].astype(np.float64)) for n in case.expected_weighting]
+    weights = [_as_map(raw[n].astype(np.float64), n, facts) for n in case.expected_weighting]
     want = ref.pfv(grid, weights, case.image_hw, align_to=res.components)
     assert np.abs(res.rgb - want.rgb).max() < 1e-4
 

@@ -1,9 +1,9 @@
 """Evidence on the two trained token models (models/train_vit.py): a conv-stem ViT with a
 class-token head and one with a mean-pooled head, on the synthetic shapes with masks.
 
-- The bundled files are what the registry says, and do better than a constant answer on
-  held-out images (accuracy computed here with onnxruntime). They are undertrained (exact-match
-  0.30): see docs/TOKEN_MODELS.md.
+- The bundled files are what the registry says, and classify held-out images (accuracy computed
+  here with onnxruntime): the class-token model as well as the script's 0.8 exact-match
+  criterion asks; the mean-pooled one, of an earlier recipe, is undertrained (docs/TOKEN_MODELS.md).
 - Fixed criterion of the project (not read off the result): through the real engine, the
   class-colour ratio of the trained model beats its randomised copy's by at least 0.15.
 - The engine decomposes the patch tokens of the final LayerNorm (what the head reads), and
@@ -25,21 +25,24 @@ from pfv_onnx import PFV, inspect
 bundled = pytest.importorskip("pfv_onnx_models")
 
 HEADS = {"synthetic-vit": 1, "synthetic-vit-mean": 0}  # registry key -> special tokens
+#: The conv stem's ReLU maps, the engine's weighting maps on these hybrids (finer than the patch grid).
+STEM = {
+    "synthetic-vit": ["/stem/stem.2/Relu_output_0", "/stem/stem.6/Relu_output_0", "/stem/stem.10/Relu_output_0"],  # 64, 32, 16 px
+    "synthetic-vit-mean": ["/stem/stem.2/Relu_output_0", "/stem/stem.5/Relu_output_0"],  # 32, 16 px: the earlier strided stem
+}
 #: Known failures (strict: a case that starts passing fails until its entry goes).
-_UNDERTRAINED = (
-    "the bundled ViTs are undertrained (held-out exact-match 0.30, per label 0.67): class-colour ratio "
-    "{t} trained against {r} randomised, short of the 0.15 margin"
-)
 XFAIL: dict[str, str] = {
-    "colours-synthetic-vit": _UNDERTRAINED.format(t=1.03, r=1.00),
-    "colours-synthetic-vit-mean": _UNDERTRAINED.format(t=0.98, r=1.00),
+    "colours-synthetic-vit-mean": (
+        "the bundled mean-pooled ViT is of the earlier recipe and undertrained (held-out exact-match 0.30, per label "
+        "0.67): class-colour ratio 0.98 trained against 1.00 randomised (difference -0.03), 0.18 short of the 0.15 margin"
+    ),
 }
 
 #: Measured with tools/vit_localisation.py's plain-NumPy PFV (docs/TOKEN_MODELS.md) for the
 #: engine's choice on these hybrids: E_L = the final LayerNorm's patch tokens, weighted by the
-#: conv stem's 32x32 and 16x16 channel sums. Pointing game within 2 px, mean per-image AUC.
+#: conv stem's channel sums. Pointing game within 2 px, mean per-image AUC.
 MEASURED: dict[str, dict[str, float]] = {
-    "synthetic-vit": {"pointing_tolerant": 0.625, "auc": 0.624},
+    "synthetic-vit": {"pointing_tolerant": 0.5625, "auc": 0.776},
     "synthetic-vit-mean": {"pointing_tolerant": 0.667, "auc": 0.592},
 }
 
@@ -65,10 +68,13 @@ def test_bundled_vit_is_registered_and_classifies(key):
     truth = labels > 0.5
     per_label = float(((logits > 0) == truth).mean())
     majority = float(np.maximum(truth.mean(axis=0), 1 - truth.mean(axis=0)).mean())  # one constant answer per class
-    print(f"\n{key}: held-out per-label accuracy {per_label:.3f}, majority answer {majority:.3f}")
-    # Measured (400 images, seed 4321): 0.674 (class token), 0.669 (mean-pooled) against 0.587;
-    # exact-match 0.29 and 0.31. The models are undertrained but not constant.
+    exact = float(((logits > 0) == truth).all(axis=1).mean())
+    print(f"\n{key}: held-out per-label accuracy {per_label:.3f}, exact-match {exact:.3f}, majority answer {majority:.3f}")
+    # Measured (400 images, seed 4321): per label 0.993 (class token), 0.669 (mean-pooled, undertrained)
+    # against 0.587; exact-match 0.983 and 0.307.
     assert per_label >= majority + 0.05
+    if key == "synthetic-vit":  # train_vit.py's own criterion, on other held-out images
+        assert exact >= 0.8
     # the class-token model has one more token than patches in its first block
     names = {o for n in model.graph.node for o in n.output}
     assert "/norm/LayerNormalization_output_0" in names
@@ -108,7 +114,7 @@ def test_engine_decomposes_the_tokens_the_head_reads(key):
 def test_engine_localisation_is_the_measured_figure(vit_maps, key):
     maps, masks = vit_maps
     pfv, trained, _ = maps[key]
-    assert pfv.feature_maps() == ["/stem/stem.2/Relu_output_0", "/stem/stem.5/Relu_output_0", "/norm/LayerNormalization_output_0"]
+    assert pfv.feature_maps() == [*STEM[key], "/norm/LayerNormalization_output_0"]
     loc = _localisation(trained, masks)
     _report(f"{key} localisation", **loc)
     assert loc["pointing_tolerant"] == pytest.approx(MEASURED[key]["pointing_tolerant"], abs=0.05)

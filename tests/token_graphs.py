@@ -56,8 +56,9 @@ class _Tok(_Net):
         b = 0.1 * self.rng.standard_normal(cout)
         return self.op("Add", [self.op("MatMul", [x, self.const(w.astype(np.float32))]), self.const(b.astype(np.float32))], out)
 
-    def attention(self, x: str, tokens: int, dim: int, lead: tuple[int, ...] = (0,)) -> str:
-        """Multi-head self-attention over axis -2 of ``x`` (shape lead + (tokens, dim))."""
+    def attention(self, x: str, tokens: int, dim: int, lead: tuple[int, ...] = (0,), probs: str | None = None) -> str:
+        """Multi-head self-attention over axis -2 of ``x`` (shape lead + (tokens, dim)); ``probs``
+        names the Softmax output (the attention probabilities)."""
         d = dim // HEADS
         q, k, v = (self.linear(x, dim, dim) for _ in range(3))
         split = self.const(np.array([*lead, tokens, HEADS, d], np.int64))
@@ -66,14 +67,14 @@ class _Tok(_Net):
         qh, kh, vh = (self.op("Transpose", [self.op("Reshape", [t, split])], perm=perm) for t in (q, k, v))
         kt = self.op("Transpose", [kh], perm=[*range(nl + 1), nl + 2, nl + 1])
         scores = self.op("Mul", [self.op("MatMul", [qh, kt]), self.const(np.float32(1 / np.sqrt(d)))])
-        attn = self.op("Softmax", [scores], axis=-1)
+        attn = self.op("Softmax", [scores], probs, axis=-1)
         ctx = self.op("Transpose", [self.op("MatMul", [attn, vh])], perm=perm)
         merged = self.op("Reshape", [ctx, self.const(np.array([*lead, tokens, dim], np.int64))])
         return self.linear(merged, dim, dim)
 
     def block(self, x: str, tokens: int, dim: int, out: str, lead: tuple[int, ...] = (0,)) -> str:
-        """Pre-norm transformer block: x + attn(ln(x)), then + mlp(ln(.))."""
-        x = self.op("Add", [x, self.attention(self.ln(x, dim), tokens, dim, lead)])
+        """Pre-norm transformer block: x + attn(ln(x)), then + mlp(ln(.)); attention probabilities ``{out}_attention``."""
+        x = self.op("Add", [x, self.attention(self.ln(x, dim), tokens, dim, lead, probs=f"{out}_attention")])
         h = self.relu(self.linear(self.ln(x, dim), dim, 2 * dim))
         return self.op("Add", [x, self.linear(h, 2 * dim, dim)], out)
 
@@ -118,10 +119,13 @@ def _model(n: _Tok, name: str, image: str, shape: tuple, out: str, classes: int)
 
 def _token_case(n: _Tok, name: str, out: str, classes: int, before: int, size: int = 16,
                 weighting: tuple[str, ...] = (), width: int | None = None, patch: int = 4) -> tuple[GraphCase, TokenFacts]:
-    """A token model's case: E_L ``encoder_norm``, ``before`` special tokens."""
+    """A token model's case: E_L ``encoder_norm``, ``before`` special tokens. ``weighting``: the
+    finer stages of a hierarchical model; without them (a single-resolution ViT) the weighting is
+    the attention the patch tokens receive in the last block, ``block1_attention``."""
     shape = (4, 3, size, width or size)
     m = _model(n, name, "pixels", shape, out, classes)
-    case = GraphCase(name, m, "pixels", shape, "NCHW", "encoder_norm", list(weighting), static_size=shape[2:], channels=3)
+    expected = list(weighting) or ["block1_attention"]
+    case = GraphCase(name, m, "pixels", shape, "NCHW", "encoder_norm", expected, static_size=shape[2:], channels=3)
     grid = (4, 4) if weighting else (size // patch, (width or size) // patch)
     return case, TokenFacts(grid, before, 0, "patch_embed")
 

@@ -39,7 +39,7 @@ def row(manifest: dict) -> str:
     special = f", {gt['special_tokens']} special token(s)" if gt["special_tokens"] else ""
     el = f"`{d.name}` ({ops.get(d.name, '?')}, {d.channels} ch{special})"
     right = "yes" if d.name in truth else f"no (ground truth: {', '.join(sorted(f'`{t}`' for t in truth))})"
-    weights = ", ".join(f"{fm.hw[0]}x{fm.hw[1]}" for fm in rep.weighting) or "none"
+    weights = ", ".join(f"{fm.hw[0]}x{fm.hw[1]}" + (" (attention received)" if fm.op == "Softmax" else "") for fm in rep.weighting) or "none"
     return head + f"| {el} | {d.hw[0]}x{d.hw[1]} | {right} | {weights} |"
 
 

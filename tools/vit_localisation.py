@@ -8,7 +8,7 @@ onnxruntime, for every combination of
 - E_L: the final LayerNorm's patch tokens (what the head reads), each block's output, the
   patch embedding;
 - weighting of the upsampling (flat, as the method's step 2): none; the stem's channel sums
-  (the CNN rule on the conv stem's 32x32 and 16x16 maps); the patch embedding's channel sum;
+  (the CNN rule on the conv stem's ReLU maps, one per resolution); the patch embedding's channel sum;
   the token norms of the earlier blocks' outputs; the attention the class token pays to each
   patch in the last block (class-token model only); the attention each patch receives, averaged
   over heads and queries;
@@ -86,9 +86,9 @@ def pfv(E: np.ndarray, weights: list[np.ndarray], size: int) -> np.ndarray:
 def names_for(path: pathlib.Path) -> dict[str, str]:
     g = onnx.load(str(path), load_external_data=False).graph
     outs = {o for n in g.node for o in n.output}
+    stem = [n.output[0] for n in g.node if n.op_type == "Relu" and n.output[0].startswith("/stem/")]
     names = {
-        "stem 32x32": "/stem/stem.2/Relu_output_0",
-        "stem 16x16": "/stem/stem.5/Relu_output_0",
+        **{f"stem {i}": name for i, name in enumerate(stem)},
         "patch embedding": "/patch_embed/Conv_output_0",
         "final norm": "/norm/LayerNormalization_output_0",
         **{f"block {i}": f"/blocks/blocks.{i}/Add_1_output_0" for i in range(DEPTH)},
@@ -104,7 +104,7 @@ def configurations(t: dict[str, np.ndarray], names: dict[str, str], special: int
     """name -> (E_L as (N, C, h, w), weighting maps as (N, H_l, W_l))."""
     final = patch_grid(t[names["final norm"]], special)
     norms = [np.linalg.norm(patch_grid(t[names[f"block {i}"]], special), axis=1) for i in range(DEPTH - 1)]
-    stem = [t[names["stem 32x32"]].sum(axis=1), t[names["stem 16x16"]].sum(axis=1)]
+    stem = [t[v].sum(axis=1) for k, v in names.items() if k.startswith("stem ")]
     last_attn = t[names[f"attention {DEPTH - 1}"]]  # (N, heads, T, T)
     received = last_attn[:, :, :, special:].mean(axis=(1, 2)).reshape(-1, GRID, GRID)
     configs = {
