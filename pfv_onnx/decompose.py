@@ -3,7 +3,7 @@ function of the feature maps (no model, no session)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
@@ -67,6 +67,11 @@ class PFVResult:
     basis: Any = None  # the principal basis used (see pca.PrincipalBasis)
     maps: list[FeatureMap] = field(default_factory=list)  # records of the tensors used
 
+    def rgb_parts(self, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, rgb[start:start + size])`` over the images (as a spooled result gives them)."""
+        for start in range(0, self.rgb.shape[0], max(1, size)):
+            yield start, self.rgb[start : start + size]
+
 
 @dataclass(frozen=True)
 class FittedScaling:
@@ -75,6 +80,13 @@ class FittedScaling:
     peaks: list[float] | None  # the hierarchical variant's S_l maxima, earliest first
     mean: float  # colour scaling: mean and std of the weighted projections over the data set
     std: float
+
+
+def check_finite(maps: Sequence[FeatureMap], peaks: Sequence[float]) -> None:
+    """Refuse maps with NaN or Inf values; ``peaks``: the largest magnitudes of E_L, then of each weighting map."""
+    for fm, peak in zip([maps[-1], *maps[:-1]], peaks):
+        if not np.isfinite(peak):
+            raise InputError(f"feature map {fm.name!r} contains NaN or Inf values; check the preprocessing and the model")
 
 
 def concat(arrays: list[Any]) -> Any:
@@ -97,6 +109,9 @@ def decompose(
 ) -> PFVResult:
     """One PCA over the gathered chunks, then weighting and colour scaling.
 
+    ``passes`` may also be a :class:`group_spool.GroupSpool`: the same decomposition in
+    bounded memory, its colours drawn a part at a time (``decompose_spooled``).
+
     ``maps``: the records of the tapped tensors, earliest first, the last one E_L (the
     order of ``ForwardPass.weights`` then ``activations``). With ``basis`` the rows are
     projected onto it instead of decomposed; ``scaling`` (from a fitted basis) fixes the
@@ -105,6 +120,12 @@ def decompose(
     from . import degenerate, float_range, pca, weighting
     from .xp import to_host
 
+    from .group_spool import GroupSpool
+
+    if isinstance(passes, GroupSpool):
+        from .decompose_spooled import decompose_spooled
+
+        return decompose_spooled(passes, maps, k=k, hierarchical=hierarchical, n_sigma=n_sigma, basis=basis, scaling=scaling)  # type: ignore[return-value]
     if not passes:
         raise InputError("nothing to decompose: no forward passes were given")
     hw = passes[0].input_hw
@@ -112,11 +133,8 @@ def decompose(
         raise InputError("all images of one decomposition must have the same input size")
     E = concat([p.activations for p in passes])
     weights = [concat([p.weights[i] for p in passes]) for i in range(len(passes[0].weights))]
-    peaks = []
-    for fm, arr in [(maps[-1], E), *zip(maps[:-1], weights)]:
-        peaks.append(float_range.peak(arr))  # NaN when any value is NaN; any finite size is fine (scale-free)
-        if not np.isfinite(peaks[-1]):
-            raise InputError(f"feature map {fm.name!r} contains NaN or Inf values; check the preprocessing and the model")
+    peaks = [float_range.peak(arr) for arr in [E, *weights]]  # NaN when any value is NaN; any finite size is fine (scale-free)
+    check_finite(maps, peaks)
     n, _, h, w = E.shape
     X = pca.observations(E)
     if basis is None:

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import tempfile
 import unicodedata
 import zipfile
@@ -166,6 +167,26 @@ def write_npz(path: str | os.PathLike[str], arrays: Mapping[str, Any], *, deflat
     return Path(path)
 
 
+def npz_row_blocks(path: str | os.PathLike[str], key: str, rows: int = 256) -> Iterator[np.ndarray]:
+    """The array ``key`` of a ``.npz`` archive, ``rows`` rows (axis 0) at a time, read from the
+    archive as a stream: a deflated entry is never inflated whole. ValueError when the entry
+    is not a plain C-ordered array; KeyError when there is none."""
+    with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if fortran or dtype.hasobject or not shape:
+            raise ValueError(f"{key!r} is not a C-ordered array of rows")
+        tail = tuple(shape[1:])
+        row_bytes = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            data = f.read(n * row_bytes)
+            if len(data) != n * row_bytes:
+                raise ValueError(f"{key!r} ends before its last row")
+            yield np.frombuffer(data, dtype=dtype).reshape(n, *tail)
+
+
 class _Spooled:
     """The rows of one spooled array, read back block by block into an archive."""
 
@@ -211,6 +232,25 @@ class RowSpool:
 
     def keys(self) -> list[str]:
         return list(self._parts)
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def count(self, key: str) -> int:
+        """Rows of ``key`` so far (0 for a key never appended)."""
+        return self._parts[key][3] if key in self._parts else 0
+
+    def array(self, key: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of ``key`` as a read-only memory-mapped array: its pages are
+        the file's, so reading it adds nothing to the process's own memory."""
+        f, dtype, tail, n = self._parts[key]
+        f.flush()
+        stop = n if stop is None else min(stop, n)
+        rows = max(stop - start, 0)
+        if rows == 0 or 0 in tail:
+            return np.empty((rows, *tail), dtype=dtype)
+        size = int(np.prod(tail, dtype=np.int64)) * dtype.itemsize
+        return np.memmap(f.name, dtype=dtype, mode="r", offset=start * size, shape=(rows, *tail))
 
     def rows(self, key: str) -> _Spooled:
         """The spooled rows of ``key``, for :func:`write_npz`."""
@@ -327,9 +367,12 @@ def clean_stale_temp_files(folder: str | os.PathLike[str], depth: int = 0) -> in
     if not d.is_dir():
         return 0
     for p in d.iterdir():
-        if p.name.startswith(_TEMP_PREFIX) and p.name.endswith(".tmp") and p.is_file():
+        if p.name.startswith(_TEMP_PREFIX) and p.name.endswith(".tmp") and (p.is_file() or p.is_dir()):
             try:
-                p.unlink()
+                if p.is_dir() and not p.is_symlink():  # a run's spool of forward passes
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
                 removed += 1
             except OSError:
                 pass

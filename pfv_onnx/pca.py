@@ -31,6 +31,8 @@ _DENSE_MAX = 256
 # and the (k+1)-th Ritz value: that bounds the angle between the subspace found and the true one.
 _KRYLOV_TOL = 1e-4
 
+Scratch = Any  # (shape, dtype) -> a writable array of that shape and dtype
+
 
 @dataclass(frozen=True)
 class PrincipalBasis:
@@ -86,11 +88,22 @@ def check_k(k: int, n_channels: int, n_observations: int) -> None:
         )
 
 
-def centred(X: Any) -> tuple[Any, Any]:
-    """(X - mean) in float32 and the float64 column means."""
+def centred(X: Any, scratch: Scratch | None = None) -> tuple[Any, Any]:
+    """(X - mean) in float32 and the float64 column means.
+
+    ``scratch(shape, dtype)``: where the centred rows go (a memory-mapped file for rows
+    spooled to disk), filled a block of rows at a time; the values are the same.
+    """
     xp = array_module(X)
     mean = column_mean(X)
-    return X - mean.astype(xp.float32), mean
+    m32 = mean.astype(xp.float32)
+    if scratch is None:
+        return X - m32, mean
+    out = scratch(X.shape, np.result_type(X.dtype, m32.dtype))
+    step = 64 * _BLOCK_ROWS
+    for start in range(0, X.shape[0], step):
+        xp.subtract(X[start : start + step], m32, out=out[start : start + step])
+    return out, mean
 
 
 
@@ -272,7 +285,7 @@ def orient(directions: Any, projections: Any) -> Any:
     return signs
 
 
-def fit(X: Any, k: int, *, peak: float | None = None) -> tuple[PrincipalBasis, Any]:
+def fit(X: Any, k: int, *, peak: float | None = None, scratch: Scratch | None = None) -> tuple[PrincipalBasis, Any]:
     """Principal basis of rows ``X`` (M, C) and the sign-oriented projections (M, k) float32.
 
     Small problems use the C x C covariance or the M x M Gram matrix, whichever is smaller,
@@ -283,14 +296,17 @@ def fit(X: Any, k: int, *, peak: float | None = None) -> tuple[PrincipalBasis, A
     Rows whose largest magnitude (``peak``, computed when not given) is outside
     ``float_range``'s safe range are decomposed scaled by a power of two, and the result is
     scaled back: the directions do not depend on the scale, and the float32 products stay finite.
+
+    ``scratch``: where the centred copy of X goes (see :func:`centred`); with X and the
+    scratch memory-mapped, the fit holds only (C, b) blocks and the (M, k) projections.
     """
     xp = array_module(X)
     check_k(k, X.shape[1], X.shape[0])
     f = float_range.factor(float_range.peak(X) if peak is None else peak)
     with single_threaded_blas() if xp is np else contextlib.nullcontext():
         if f == 1.0:
-            return _fit(X, k)
-        basis, P = _fit(float_range.scale(X, f), k)
+            return _fit(X, k, scratch)
+        basis, P = _fit(float_range.scale(X, f), k, scratch)
     unscaled = PrincipalBasis(
         mean=basis.mean / f,
         directions=basis.directions,
@@ -301,10 +317,10 @@ def fit(X: Any, k: int, *, peak: float | None = None) -> tuple[PrincipalBasis, A
     return unscaled, float_range.scale(P, 1.0 / f)
 
 
-def _fit(X: Any, k: int) -> tuple[PrincipalBasis, Any]:
+def _fit(X: Any, k: int, scratch: Scratch | None = None) -> tuple[PrincipalBasis, Any]:
     xp = array_module(X)
     m, c = X.shape
-    Xc, mean = centred(X)
+    Xc, mean = centred(X, scratch)
     # The float32 mean leaves a small residual mean; remove its contribution exactly.
     resid = column_mean(Xc)
     found = _fit_krylov(Xc, resid, k) if min(m, c) > _DENSE_MAX else None

@@ -342,7 +342,7 @@ class PFV:
         hierarchical = self.hierarchical if hierarchical is None else hierarchical
         if not passes:
             raise InputError("nothing to decompose: no forward passes were given")
-        maps = self.maps(passes[0].input_hw)
+        maps = self.maps(getattr(passes, "input_hw", None) or passes[0].input_hw)  # a list of passes or a group_spool.GroupSpool
         scaling: FittedScaling | None = None
         if isinstance(basis, FittedBasis):
             basis.check_model(self, [fm.name for fm in maps])

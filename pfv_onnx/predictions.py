@@ -10,12 +10,14 @@ import numpy as np
 TOP = 5
 
 
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (n, classes) scores, in float64."""
-    z = np.asarray(x, dtype=np.float64)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+def softmax(x: np.ndarray, *, overwrite: bool = False) -> np.ndarray:
+    """Row-wise softmax of (n, classes) scores, in float64; ``overwrite``: a float64 ``x`` may hold
+    the result (a run's group may have many rows)."""
+    z = x if overwrite and isinstance(x, np.ndarray) and x.dtype == np.float64 else np.array(x, dtype=np.float64)
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
 
 
 def label_for(labels: Sequence[str] | None, c: int, classes: int) -> str | None:
@@ -54,7 +56,7 @@ def class_scores(outputs: Mapping[str, Any], n: int, order: Sequence[str] | None
         a = a.reshape(n, -1).astype(np.float64)
         if not np.isfinite(a).all():
             return None, name
-        probs = a if (a.min() >= 0 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3)) else softmax(a)
+        probs = a if (a.min() >= 0 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3)) else softmax(a, overwrite=True)  # a: a copy
         return probs, name
     return None, None
 

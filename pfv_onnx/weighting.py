@@ -64,7 +64,7 @@ def resize_bilinear_gather(x: Any, size: tuple[int, int]) -> Any:
     return (rows[:, :, :, x0] * (1 - fx) + rows[:, :, :, x1] * fx).astype(xp.float32)
 
 
-def flat(P: Any, weights: Sequence[Any], size: tuple[int, int]) -> Any:
+def flat(P: Any, weights: Sequence[Any], size: tuple[int, int], *, peaks: tuple[float, Sequence[float]] | None = None) -> Any:
     """upsample(P) * sum_l upsample(S_l), the raw channel sums S_l (N, 1, H_l, W_l) unnormalised.
 
     On NumPy the result is an (N, k, H, W) view of an image-major (N, H, W, k) array, filled
@@ -74,10 +74,11 @@ def flat(P: Any, weights: Sequence[Any], size: tuple[int, int]) -> Any:
     When the product of P's and the summed maps' largest magnitudes leaves ``float_range``'s
     safe range, P and the maps are each multiplied by a power of two first (so nothing
     overflows or underflows): the result is then the product times a power of two, which
-    the colour scaling does not see.
+    the colour scaling does not see. ``peaks``: the largest magnitudes of P and of each S_l
+    over the whole group when P is one part of it (so every part is scaled alike).
     """
     if weights:
-        P, weights = _in_range(P, weights)
+        P, weights = _in_range(P, weights, peaks)
     if _per_image(P):
         return _flat_per_image(P, weights, size)
     up = resize_bilinear(P, size)
@@ -89,10 +90,10 @@ def flat(P: Any, weights: Sequence[Any], size: tuple[int, int]) -> Any:
     return up * A
 
 
-def _in_range(P: Any, weights: Sequence[Any]) -> tuple[Any, Sequence[Any]]:
+def _in_range(P: Any, weights: Sequence[Any], peaks: tuple[float, Sequence[float]] | None = None) -> tuple[Any, Sequence[Any]]:
     """P and the weighting maps, each scaled by a power of two when their product would leave the safe range."""
-    p = float_range.peak(P)
-    a = sum(float_range.peak(S) for S in weights)
+    p = float_range.peak(P) if peaks is None else float(peaks[0])
+    a = sum(float_range.peak(S) for S in weights) if peaks is None else sum(float(v) for v in peaks[1])
     if float_range.factor(p * a) == 1.0:
         return P, weights
     fp, fa = float_range.factor(p), float_range.factor(a)
@@ -234,64 +235,126 @@ _CHUNK = 1 << 18
 
 
 def _scale_colours_numpy(x: np.ndarray, n_sigma: float, mean: float | None, std: float | None, overwrite: bool = False) -> np.ndarray:
-    """``scale_colours`` as one affine map and clip, over cache-sized chunks in memory order.
-
-    z = clip((x - mean) / std, -n, n) followed by (z - lo) / (hi - lo) equals
-    clip((x - mean) * a + b, 0, 1) with a = 1 / (std (hi - lo)) and b = -lo / (hi - lo),
-    where lo and hi are the clipped z of the array's min and max (z is monotone in x).
-    The statistics take one pass (per-chunk mean and squared deviations, merged exactly in
-    float64), the result a second; it has the memory layout of ``x``.
-    """
+    """``scale_colours`` as one affine map and clip, over cache-sized chunks in memory order
+    (:class:`ColourStats` then :func:`apply_colours`); the result has the memory layout of ``x``."""
     in_place = overwrite and isinstance(x, np.ndarray) and x.dtype == np.float32 and x.flags.writeable
     x = np.asarray(x, dtype=np.float32)
     out = x if in_place else np.empty_like(x)
-    flat_in, flat_out = x.ravel(order="K"), out.ravel(order="K")  # views: empty_like keeps the order
-    if in_place and not np.may_share_memory(flat_out, x):  # x's strides allow no flat view: a copy came back
+    if in_place and not np.may_share_memory(out.ravel(order="K"), x):  # x's strides allow no flat view: a copy came back
         out = np.empty_like(x)
-        flat_out = out.ravel(order="K")
-    size = flat_in.size
-    chunks = range(0, size, _CHUNK)
     if mean is None or std is None:
-        if size == 0:
+        if x.size == 0:
             return out
-        counts, means, squares, lows, highs = (np.empty(len(chunks)) for _ in range(5))
-        scratch = np.empty(min(_CHUNK, size), dtype=np.float32)
-        for j, i in enumerate(chunks):
-            part = flat_in[i : i + _CHUNK]
-            d = scratch[: part.size]
-            counts[j] = part.size
-            lows[j], highs[j] = float(part.min()), float(part.max())
-            # a chunk beyond float32's safe range for squares is summed scaled by a power of two
-            f = float_range.factor(max(-lows[j], highs[j]))
-            if f != 1.0:
-                d[...] = float_range.scale(part, f)
-                part = d
-            means[j] = float(part.sum(dtype=np.float32)) / part.size  # pairwise float32 sum
-            np.subtract(part, np.float32(means[j]), out=d)
-            np.square(d, out=d)
-            squares[j] = float(d.sum()) / (f * f)
-            means[j] /= f
+        stats = ColourStats()
+        stats.add(x)
+        scaling = stats.scaling(n_sigma)
+    else:
+        scaling = fixed_scaling(mean, std, n_sigma)
+    if scaling is None:
+        return np.zeros_like(x)
+    return apply_colours(x, scaling, out=out)
+
+
+def fixed_scaling(mean: float, std: float, n_sigma: float) -> tuple[float, float, float, float, float] | None:
+    """The affine map of ``scale_colours`` given a fitted ``mean`` and ``std`` (None: all zeros)."""
+    if not float(std) > 0:
+        return None
+    return float(mean), float(std), -n_sigma, n_sigma, float_range.factor(max(abs(float(mean)), float(std)))
+
+
+class ColourStats:
+    """The batch statistics of ``scale_colours`` over an array given in consecutive parts.
+
+    The parts, each flattened in its memory order and joined, form the array; they are cut
+    into the same ``_CHUNK``-element chunks whatever the parts, so the statistics are those of
+    the whole array bit for bit. Per chunk: mean and squared deviations (merged exactly in
+    float64), min and max.
+    """
+
+    def __init__(self) -> None:
+        self.counts: list[float] = []
+        self.means: list[float] = []
+        self.squares: list[float] = []
+        self.lows: list[float] = []
+        self.highs: list[float] = []
+        self._carry = np.empty(_CHUNK, dtype=np.float32)  # the start of a chunk that the next part completes
+        self._filled = 0
+        self._scratch = np.empty(_CHUNK, dtype=np.float32)
+
+    def add(self, part: Any) -> None:
+        flat = np.asarray(part, dtype=np.float32).ravel(order="K")
+        i = 0
+        if self._filled:
+            i = min(_CHUNK - self._filled, flat.size)
+            self._carry[self._filled : self._filled + i] = flat[:i]
+            self._filled += i
+            if self._filled < _CHUNK:
+                return
+            self._chunk(self._carry)
+            self._filled = 0
+        while flat.size - i >= _CHUNK:
+            self._chunk(flat[i : i + _CHUNK])
+            i += _CHUNK
+        rest = flat.size - i
+        self._carry[:rest] = flat[i:]
+        self._filled = rest
+
+    def _chunk(self, part: np.ndarray) -> None:
+        d = self._scratch[: part.size]
+        self.counts.append(part.size)
+        lo, hi = float(part.min()), float(part.max())
+        self.lows.append(lo)
+        self.highs.append(hi)
+        # a chunk beyond float32's safe range for squares is summed scaled by a power of two
+        f = float_range.factor(max(-lo, hi))
+        if f != 1.0:
+            d[...] = float_range.scale(part, f)
+            part = d
+        mean = float(part.sum(dtype=np.float32)) / part.size  # pairwise float32 sum
+        np.subtract(part, np.float32(mean), out=d)
+        np.square(d, out=d)
+        self.squares.append(float(d.sum()) / (f * f))
+        self.means.append(mean / f)
+
+    def scaling(self, n_sigma: float) -> tuple[float, float, float, float, float] | None:
+        """(mean, std, lo, hi, g) of the affine map (see :func:`apply_colours`), or None when
+        the array is constant (its colours are all zeros)."""
+        if self._filled:
+            self._chunk(self._carry[: self._filled].copy())
+            self._filled = 0
+        if not self.counts:
+            return None
+        counts, means, squares = np.asarray(self.counts), np.asarray(self.means), np.asarray(self.squares)
+        lows, highs = np.asarray(self.lows), np.asarray(self.highs)
+        size = float(counts.sum())
         mean = float(counts @ means) / size
         # Chan et al.: the squared deviations of the whole from those of its parts
         variance = (float(squares.sum()) + float(counts @ (means - mean) ** 2)) / size
-        std = np.sqrt(max(variance, 0.0))
+        std = float(np.sqrt(max(variance, 0.0)))
         if not std > 0:
-            return np.zeros_like(x)
+            return None
         m32, s32 = np.float32(mean), np.float32(std)
         lo, hi = (float(np.clip((np.float32(v) - m32) / s32, -n_sigma, n_sigma)) for v in (lows.min(), highs.max()))
         if hi <= lo:
-            return np.zeros_like(x)
-        g = float_range.factor(max(-lows.min(), highs.max()))
-    else:
-        if not float(std) > 0:
-            return np.zeros_like(x)
-        lo, hi = -n_sigma, n_sigma
-        g = float_range.factor(max(abs(float(mean)), float(std)))
-    # (x - mean) * a + b; beyond the safe range as (x g - mean g) * (a / g), g a power of two
+            return None
+        return mean, std, lo, hi, float_range.factor(max(-lows.min(), highs.max()))
+
+
+def apply_colours(x: Any, scaling: tuple[float, float, float, float, float], *, out: np.ndarray | None = None) -> np.ndarray:
+    """``clip((x - mean) * a + b, 0, 1)`` with a = 1 / (std (hi - lo)), b = -lo / (hi - lo)
+    (z-score, clip to [-n_sigma, n_sigma] and min-max in one map, as z is monotone in x);
+    element by element, so any part of an array gives that part of the whole's result.
+
+    Beyond the safe range it is computed as (x g - mean g) * (a / g), g a power of two.
+    """
+    mean, std, lo, hi, g = scaling
+    x = np.asarray(x, dtype=np.float32)
+    out = np.empty_like(x) if out is None else out
+    flat_in, flat_out = x.ravel(order="K"), out.ravel(order="K")  # views: the same layout
     m32 = np.float32(float(mean) * g)
     a = np.float32(1.0 / (float(np.float32(std)) * g * (hi - lo)))
     b = np.float32(-lo / (hi - lo))
-    for i in chunks:
+    for i in range(0, flat_in.size, _CHUNK):
         part = flat_out[i : i + _CHUNK]
         if g == 1.0:
             np.subtract(flat_in[i : i + _CHUNK], m32, out=part)

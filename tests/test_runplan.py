@@ -140,3 +140,130 @@ def test_plan_functions():
     assert [(g.index, g.files, g.klass) for g in planned] == [
         (0, [1, 4], {"class": 2, "label": "two"}), (1, [0, 3], {"class": 5, "label": "five"}), (2, [6], {"class": 7, "label": "seven"}),
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- spooled groups
+
+
+def _passes(n_images: int, channels: int, seed: int = 0) -> list:
+    """Forward passes of synthetic maps: E_L (n, C, 4, 5), weighting maps at 8x10 and 16x20,
+    outputs (n, 6); images of 32x40, in chunks of 7."""
+    from pfv_onnx.decompose import ForwardPass
+
+    rng = np.random.default_rng(seed)
+    E = rng.gamma(0.6, 1.0, (n_images, channels, 4, 5)).astype(np.float32)
+    E[:, :3] += np.linspace(0, 2, 20, dtype=np.float32).reshape(4, 5) * rng.uniform(0.5, 2, (n_images, 1, 1, 1)).astype(np.float32)
+    S = [rng.uniform(0, 3, (n_images, 1, h, w)).astype(np.float32) for h, w in ((16, 20), (8, 10))]
+    logits = rng.standard_normal((n_images, 6)).astype(np.float32)
+    return [ForwardPass(E[a : a + 7], [s[a : a + 7] for s in S], {"logits": logits[a : a + 7]}, (32, 40)) for a in range(0, n_images, 7)]
+
+
+def _maps() -> list:
+    from types import SimpleNamespace
+
+    return [SimpleNamespace(name=n) for n in ("S0", "S1", "E_L")]
+
+
+def _spooled(tmp_path, passes, basis=None, **kw):
+    from pfv_onnx.decompose_spooled import decompose_spooled
+    from pfv_onnx.group_spool import GroupSpool
+
+    with GroupSpool(tmp_path, basis=basis) as spool:
+        for fp in passes:
+            spool.add(fp)
+        res = decompose_spooled(spool, _maps(), k=3, basis=basis, **kw)
+        parts = list(res.rgb_parts(5))
+        rgb = np.concatenate([p for _, p in parts])
+        return {"rgb": rgb, "starts": [s for s, _ in parts], "res": res, "outputs": {k: np.array(v) for k, v in res.outputs.items()}}
+
+
+@pytest.mark.parametrize("channels", [40, 300])  # 300: past the dense limit, the Krylov path over memory-mapped rows
+@pytest.mark.parametrize("hierarchical", [False, True])
+def test_spooled_group_equals_the_in_memory_decomposition(tmp_path, channels, hierarchical):
+    """A group spooled to disk and coloured five images at a time gives the in-memory
+    decomposition's numbers bit for bit (160 images of 32x40x3: the colour statistics run
+    over two chunks of the whole array, cut across the parts), and the plain-NumPy
+    reference within float32 error; the spool's folder is gone afterwards."""
+    import reference as ref
+    from pfv_onnx.decompose import decompose
+
+    passes = _passes(160, channels)
+    whole = decompose(passes, _maps(), k=3, hierarchical=hierarchical)
+    got = _spooled(tmp_path, passes, hierarchical=hierarchical)
+    assert got["starts"] == list(range(0, 160, 5))
+    assert np.array_equal(got["rgb"], whole.rgb)
+    assert np.array_equal(got["res"].components, whole.components)
+    assert np.array_equal(got["res"].eigenvalues, whole.eigenvalues)
+    assert np.array_equal(got["outputs"]["logits"], whole.outputs["logits"])
+    E = np.concatenate([p.activations for p in passes])
+    S = [np.concatenate([p.weights[i] for p in passes]) for i in range(2)]
+    want = ref.pfv(E, S, (32, 40), hierarchical=hierarchical, use_sign_rule=True)
+    assert np.abs(got["rgb"] - want.rgb).max() < 1e-4
+    np.testing.assert_allclose(got["res"].eigenvalues, want.eigenvalues, rtol=1e-4)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spooled_group_with_a_basis_projects_as_the_passes_come(tmp_path):
+    """With a basis and a fitted colour scaling, the spool keeps only the projections and the
+    result is the in-memory one; each image's colours are then its own (the same in any group)."""
+    from pfv_onnx.decompose import FittedScaling, decompose
+    from pfv_onnx.pca import fit
+
+    passes = _passes(30, 24)
+    basis = fit(np.concatenate([p.activations for p in _passes(20, 24, seed=1)]).transpose(0, 2, 3, 1).reshape(-1, 24), 3)[0]
+    scaling = FittedScaling(peaks=None, mean=0.1, std=2.0)
+    whole = decompose(passes, _maps(), k=3, basis=basis, scaling=scaling)
+    got = _spooled(tmp_path, passes, basis=basis, scaling=scaling)
+    assert np.array_equal(got["rgb"], whole.rgb)
+    alone = _spooled(tmp_path, passes[1:2], basis=basis, scaling=scaling)
+    assert np.array_equal(alone["rgb"], whole.rgb[7:14])
+
+
+def test_spooled_group_refuses_nan_like_the_in_memory_one(tmp_path):
+    from pfv_onnx.decompose import decompose
+    from pfv_onnx.errors import InputError
+
+    passes = _passes(14, 8)
+    passes[1].weights[0][0, 0, 0, 0] = np.nan
+    passes[0].activations[0, 0, 0, 0] = np.inf
+    with pytest.raises(InputError) as whole:
+        decompose(passes, _maps(), k=3)
+    with pytest.raises(InputError) as spooled:
+        _spooled(tmp_path, passes)
+    assert str(spooled.value) == str(whole.value) and "'E_L'" in str(whole.value)
+
+
+def test_run_equals_the_in_memory_computation(world, tmp_path):
+    """A run (one group, batches of 2, spooled) writes the rows and pictures of the in-memory
+    decomposition of the same forward passes, and leaves no temporary folder."""
+    from pfv_onnx import render
+    from pfv_onnx.inputs import decode_image, preprocess, stack_batch
+    from pfv_onnx.runplan.writer import rgb_rows
+
+    out = tmp_path / "out"
+    report = execute(_job(world, out, "size", 2, None)).report
+    job = _job(world, tmp_path / "unused", "size", 2, None)
+    files = [Path(im["file"]) for im in report["images"]]
+    tensors = [preprocess(decode_image(f).bgr, job.prep) for f in files]
+    passes = [job.pfv.forward(stack_batch(tensors[i : i + 2], job.prep.layout)) for i in range(0, len(tensors), 2)]
+    res = job.pfv.decompose(passes)
+    with np.load(out / "pfv.npz") as z:
+        assert np.array_equal(z["rgb"], rgb_rows(res.rgb, "uint8"))
+        assert np.array_equal(z["components"], res.components)
+        assert np.array_equal(z["eigenvalues"][0], res.eigenvalues)
+    for j, im in enumerate(report["images"]):
+        h, w = im["size"]
+        pic = render.map_picture(res.rgb[j], (h, w), tuple(im["crop_box"]))
+        assert np.array_equal(cv2.imread(str(out / im["outputs"]["map"]), cv2.IMREAD_UNCHANGED), pic)
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".pfv-tmp-")]
+
+
+@pytest.mark.parametrize("deflate", [[], ["rgb"]])
+def test_npz_rows_read_in_blocks_are_the_array(tmp_path, deflate):
+    from pfv_onnx.outputs import npz_row_blocks, write_npz
+
+    rgb = np.random.default_rng(2).integers(0, 256, (23, 5, 6, 3), dtype=np.uint8)
+    write_npz(tmp_path / "a.npz", {"x": np.arange(3), "rgb": rgb}, deflate=deflate)
+    blocks = list(npz_row_blocks(tmp_path / "a.npz", "rgb", rows=10))
+    assert [len(b) for b in blocks] == [10, 10, 3]
+    assert np.array_equal(np.concatenate(blocks), rgb)

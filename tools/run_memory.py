@@ -12,9 +12,11 @@ RSS of the process), the wall time, and the size and number of files written.
     python tools/run_memory.py                        # 500 and 2,000 images (~3 minutes on 2 cores)
     python tools/run_memory.py --counts 500 2000 20000
     python tools/run_memory.py --run-args "--batch-size 16" --json memory.json
+    python tools/run_memory.py --counts 20000 --photos /tmp/photos   # keep the photos for another run
 
 Only the command line is used, so it measures whatever ``pfv-onnx run`` is installed.
-Target (docs/PERFORMANCE.md): the peak does not grow with N (at most 1.2x from 500 to 2,000).
+Targets (docs/PERFORMANCE.md): the peak does not grow with N (at most 1.2x from 500 to
+2,000), and stays under 2 GB at 20,000 images.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import benchmark as bench  # noqa: E402  (the image folder, the command, the mac
 
 INTERVAL_S = 0.02
 GROWTH_TARGET = 1.2
+LIMIT_MIB = 2000 * 1e6 / 2**20  # 2 GB
 
 
 def status_kib(pid: int, fields: tuple[str, ...]) -> dict[str, int]:
@@ -131,17 +134,24 @@ def markdown(result: dict) -> str:
     lines = [
         f"`{result['command']}` on 640 x 480 JPEG photos; load average before / after: {result['load_before']} / {result['load_after']}",
         "",
-        "| images | peak RssAnon MiB | max RSS MiB | wall s | CPU s | output MB | files | exit |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| images | peak RssAnon MiB | x smallest N | max RSS MiB | wall s | CPU s | output MB | files | exit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    first = result["rows"][0]["peak_rss_anon_mib"] if result["rows"] else 0.0
     for r in result["rows"]:
+        ratio = r["peak_rss_anon_mib"] / first if first else float("nan")
         lines.append(
-            f"| {r['images']:,} | {r['peak_rss_anon_mib']:,.0f} | {r['max_rss_mib']:,.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
+            f"| {r['images']:,} | {r['peak_rss_anon_mib']:,.0f} | {ratio:.2f} | {r['max_rss_mib']:,.0f} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} | "
             f"{r.get('output_bytes', 0) / 1e6:,.0f} | {r.get('output_files', 0):,} | {r['exit_code']} |"
         )
     g = result.get("growth")
     if g:
         lines += ["", f"Peak RssAnon at {g['to']:,} / at {g['from']:,} images: **{g['ratio']:.2f}** (target <= {GROWTH_TARGET})"]
+    done = [r for r in result["rows"] if r["exit_code"] == 0]
+    if done:
+        top = done[-1]
+        verdict = "under" if top["peak_rss_anon_mib"] < LIMIT_MIB else "over"
+        lines.append(f"Largest N tried: {top['images']:,} images, peak RssAnon {top['peak_rss_anon_mib']:,.0f} MiB ({verdict} the 2 GB target)")
     for r in result["rows"]:
         if r["exit_code"] != 0:
             lines.append(f"- {r['images']} images: exit {r['exit_code']}: {r['stderr_tail']}")
@@ -154,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, help="the ONNX model (default: the bundled EfficientNet-Lite0)")
     ap.add_argument("--run-args", default="", help="extra options for pfv-onnx run, one string (default: none, the defaults)")
     ap.add_argument("--keep-output", type=Path, help="move each run's output folder here instead of deleting it")
+    ap.add_argument("--photos", type=Path, help="keep the generated photos in this folder, and reuse them when it holds enough")
     ap.add_argument("--json", type=Path, help="also write the measurements to this file")
     args = ap.parse_args(argv)
     cmd = bench.cli_command()
@@ -172,8 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="pfv-run-memory-") as tmp:
         t0 = time.perf_counter()
-        photos = bench.write_image_folder(Path(tmp) / "all", counts[-1], vary=True)
-        print(f"{counts[-1]} photos written in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+        kept = sorted(args.photos.glob("img*.jpg")) if args.photos and args.photos.is_dir() else []
+        if len(kept) >= counts[-1]:
+            photos = kept[: counts[-1]]
+        else:
+            photos = bench.write_image_folder(args.photos or Path(tmp) / "all", counts[-1], vary=True)
+            print(f"{counts[-1]} photos written in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         for n in counts:
             row = run_count(cmd, model, photos[:n], Path(tmp), run_args, args.keep_output)
             result["rows"].append(row)

@@ -8,6 +8,7 @@ script it shows every image in run order.
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,13 +100,20 @@ class Page:
         name = ((self.report or {}).get("outputs") or {}).get("npz")
         rows = [int(r.get("row", 0)) for r in images]
         if name and (self.outdir / name).is_file():
-            try:
-                with np.load(self.outdir / name, allow_pickle=False) as z:
-                    rgb = z["rgb"] if "rgb" in z.files else None  # each z[key] reads (and inflates) the array again
-                if rgb is not None and rgb.ndim == 4 and max(rows, default=-1) < rgb.shape[0]:
-                    rgb = rgb[rows]
-                    return mean_colours(rgb), median_colours(rgb)
-            except (OSError, ValueError):
+            from ..outputs import npz_row_blocks
+
+            try:  # a few hundred maps at a time: the rows of a large run do not fit in memory at once
+                means, medians, start = {}, {}, 0
+                for rgb in npz_row_blocks(self.outdir / name, "rgb"):
+                    if rgb.ndim != 4:
+                        break
+                    block_means, block_medians = mean_colours(rgb), median_colours(rgb)
+                    for j in range(len(rgb)):
+                        means[start + j], medians[start + j] = block_means[j], block_medians[j]
+                    start += len(rgb)
+                if all(r in means for r in rows):
+                    return np.asarray([means[r] for r in rows]).reshape(len(rows), -1), np.asarray([medians[r] for r in rows]).reshape(len(rows), -1)
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):
                 pass
         means, medians = [], []
         for rec in images:

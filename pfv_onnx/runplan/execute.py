@@ -188,18 +188,27 @@ class _Run:
         self.bar.update(len(items))
         return fp
 
-    def group(self, index: int, items: list[Loaded], passes: list[Any], klass: dict[str, Any] | None, mark: int, span: tuple[int, int], last: bool) -> bool:
+    def spool(self) -> Any:
+        """An empty spool for the next group's forward passes (with a basis, projected as they come)."""
+        from ..group_spool import GroupSpool
+
+        return GroupSpool(self.job.outdir, basis=self.job.basis)
+
+    def group(self, index: int, items: list[Loaded], spool: Any, klass: dict[str, Any] | None, mark: int, span: tuple[int, int], last: bool) -> bool:
         """Decompose and write one group and save it (unless it is the last: the final files
-        follow). ``mark``: the failures before the group; ``span``: the input files it took
-        (size plans). False when told to stop after this group."""
-        t0 = time.perf_counter()
-        res = self.job.pfv.decompose(passes, basis=self.job.basis)
-        self.timings["decompose_s"] += time.perf_counter() - t0
-        passes.clear()
-        t0 = time.perf_counter()
-        self.bar.set_postfix_str(f"writing group {index + 1}")
-        saved = self.writer.write_group(index, items, res, klass, mark, span[1])
-        self.timings["render_s"] += time.perf_counter() - t0
+        follow); ``spool``: its forward passes, closed here. ``mark``: the failures before the
+        group; ``span``: the input files it took (size plans). False when told to stop after
+        this group."""
+        try:
+            t0 = time.perf_counter()
+            res = self.job.pfv.decompose(spool, basis=self.job.basis)
+            self.timings["decompose_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            self.bar.set_postfix_str(f"writing group {index + 1}")
+            saved = self.writer.write_group(index, items, res, klass, mark, span[1])
+            self.timings["render_s"] += time.perf_counter() - t0
+        finally:
+            spool.close()
         self.bar.set_postfix_str("")
         self.cached = 0
         if not last:
@@ -219,7 +228,7 @@ class _Run:
         size = job.group_size or n
         items: list[Loaded] = []
         pending: list[Loaded] = []
-        passes: list[Any] = []
+        spool = None  # the forward passes of the group being filled, on disk
         mark = len(self.writer.failures)
         reader = self.read(range(start, n))
         try:
@@ -227,18 +236,26 @@ class _Run:
                 items.append(item)
                 pending.append(item)
                 if len(pending) == job.batch_size or len(items) == size:
-                    passes.append(self.forward(pending))
+                    spool = self.spool() if spool is None else spool
+                    spool.add(self.forward(pending))
                     pending = []
                 if len(items) == size:
                     end = item.index + 1
-                    if not self.group(index, items, passes, None, mark, (start, end), last=end >= n):
+                    filled, spool = spool, None
+                    if not self.group(index, items, filled, None, mark, (start, end), last=end >= n):
                         return False
-                    index, start, items, passes, mark = index + 1, end, [], [], len(self.writer.failures)
+                    index, start, items, mark = index + 1, end, [], len(self.writer.failures)
+            if pending:
+                spool = self.spool() if spool is None else spool
+                spool.add(self.forward(pending))
+            if not items:
+                return True
+            filled, spool = spool, None
+            return self.group(index, items, filled, None, mark, (start, n), last=True)
         finally:
             reader.close()
-        if pending:
-            passes.append(self.forward(pending))
-        return self.group(index, items, passes, None, mark, (start, n), last=True) if items else True
+            if spool is not None:
+                spool.close()
 
     def class_plan(self, plan: ClassPlan | None, done: int) -> bool:
         """Class groups: every file run forward in batches, then one group per predicted
@@ -280,9 +297,14 @@ class _Run:
         from ..distributed import gather_rows
 
         for g in plan.groups[done:]:
-            fp = gather_rows([rows.pop(i) for i in g.files])
+            spool = self.spool()
+            try:
+                spool.add(gather_rows([rows.pop(i) for i in g.files]))
+            except BaseException:
+                spool.close()
+                raise
             last = g.index == len(plan.groups) - 1
-            if not self.group(g.index, [items.pop(i) for i in g.files], [fp], g.klass, len(self.writer.failures), (0, 0), last):
+            if not self.group(g.index, [items.pop(i) for i in g.files], spool, g.klass, len(self.writer.failures), (0, 0), last):
                 return False
         return True
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 MOSAIC_MAX = 64  # images shown in the mosaic
 MOSAIC_TILE = 160
+PART_IMAGES = 64  # images whose colours are computed at once while the previous part's pictures are drawn
 LOSSY_FORMATS = frozenset({"jpeg"})  # DecodedImage.format values whose overlays are JPEG under --overlay-format auto
 NPZ_PRECISIONS = ("uint8", "full")
 
@@ -132,6 +133,9 @@ class RunWriter:
     def write_group(self, index: int, items: list[Loaded], res: Any, klass: dict[str, Any] | None, failures_before: int, end: int) -> SavedGroup:
         """Draw one decomposed group's pictures and add its results; returns the group as progress keeps it.
 
+        ``res``: a ``decompose.PFVResult`` or a spooled one, whose colours come part by part;
+        each part's rows go to the spool once its pictures are written.
+
         ``failures_before``: the count of failures when the group started filling (those
         after it are the group's); ``end``: one past the last input file it consumed."""
         from ..inputs import crop_box
@@ -141,41 +145,58 @@ class RunWriter:
             maps = [map_record(m) for m in (res.maps or [])] or [{"name": n} for n in res.feature_maps]
         else:
             maps = list(self.report["feature_maps"])
-        futures = []
-        for j, item in enumerate(items):
-            want = len(self.tiles) + j < MOSAIC_MAX
-            futures.append(
-                self.pool.submit(
-                    render_one, self.outdir, self.names[item.index], np.asarray(res.rgb[j]), item.image, item.path, self.prep,
-                    self.alpha, self.max_pixels, want, self.html, self.overlay_format,
-                )
-            )  # fmt: skip
+        first_row = self.rows
         kept: list[int] = []
         images: list[dict[str, Any]] = []
-        tiles = []
-        for j, (item, fut) in enumerate(zip(items, futures)):
-            try:
-                written, tile = fut.result()
-            except InputError as exc:  # the file changed or vanished since it was read
-                self.fail(item.path, one_line(str(exc)))
-                continue
-            finally:
-                item.image = None
-            h, w = item.hw
-            images.append({
-                "file": str(item.path), "name": self.names[item.index], "group": index, "row": self.rows + len(kept),
-                "size": [h, w], "crop_box": list(crop_box(w, h, self.prep)), "notes": item.notes,
-                "prediction": preds[j], "outputs": written,
-            })  # fmt: skip
-            if tile is not None and len(self.tiles) + len(tiles) < MOSAIC_MAX:
-                tiles.append((tile[0], tile[1], preds[j], images[-1]["name"], index))
-            kept.append(j)
-        rows = np.asarray(kept, dtype=np.intp)
-        arrays = {
-            "rgb": rgb_rows(np.asarray(res.rgb)[rows], self.npz_precision),
-            "components": np.asarray(res.components, dtype=np.float32)[rows],
-            **{f"output/{k}": np.asarray(v)[rows] for k, v in res.outputs.items()},
-        }
+        tiles: list[Any] = []
+
+        def collect(start: int, futures: list[Any], rgb: np.ndarray) -> None:
+            """Wait for one part's pictures; spool the rows of the images drawn."""
+            drawn = []
+            for jj, fut in enumerate(futures):
+                j = start + jj
+                item = items[j]
+                try:
+                    written, tile = fut.result()
+                except InputError as exc:  # the file changed or vanished since it was read
+                    self.fail(item.path, one_line(str(exc)))
+                    continue
+                finally:
+                    item.image = None
+                h, w = item.hw
+                images.append({
+                    "file": str(item.path), "name": self.names[item.index], "group": index, "row": first_row + len(kept),
+                    "size": [h, w], "crop_box": list(crop_box(w, h, self.prep)), "notes": item.notes,
+                    "prediction": preds[j], "outputs": written,
+                })  # fmt: skip
+                if tile is not None and len(self.tiles) + len(tiles) < MOSAIC_MAX:
+                    tiles.append((tile[0], tile[1], preds[j], images[-1]["name"], index))
+                kept.append(j)
+                drawn.append(jj)
+            rows = np.asarray(drawn, dtype=np.intp)
+            stop = start + len(futures)
+            self.spool.append("rgb", rgb_rows(rgb[rows], self.npz_precision))
+            self.spool.append("components", np.asarray(res.components[start:stop], dtype=np.float32)[rows])
+            for k, v in res.outputs.items():
+                self.spool.append(f"output/{k}", np.asarray(v[start:stop])[rows])
+
+        # Part by part: the pictures of one part are drawn in the pool while the next part's colours are computed.
+        pending: tuple[int, list[Any], np.ndarray] | None = None
+        for start, rgb in res.rgb_parts(PART_IMAGES):
+            futures = [
+                self.pool.submit(
+                    render_one, self.outdir, self.names[item.index], rgb[jj], item.image, item.path, self.prep,
+                    self.alpha, self.max_pixels, len(self.tiles) + start + jj < MOSAIC_MAX, self.html, self.overlay_format,
+                )
+                for jj, item in enumerate(items[start : start + len(rgb)])
+            ]  # fmt: skip
+            if pending is not None:
+                collect(*pending)
+            pending = (start, futures, rgb)
+        if pending is not None:
+            collect(*pending)
+        keys = ["rgb", "components", *(f"output/{k}" for k in res.outputs)]
+        arrays = {key: self.spool.array(key, first_row, first_row + len(kept)) for key in keys}  # memory-mapped
         group = {
             "index": index, "images": len(kept), "eigenvalues": res.eigenvalues, "explained_variance_ratio": res.explained_variance_ratio,
             **({"class": klass} if klass is not None else {}),
@@ -190,13 +211,15 @@ class RunWriter:
             tiles=tiles, feature_maps=list(res.feature_maps), map_records=maps, pred_output=pred_output,
         )  # fmt: skip
         del self.failures[failures_before:]  # added back, in order, with the group
-        self.add(saved)
+        self.add(saved, spooled=True)
         return saved
 
-    def add(self, saved: SavedGroup) -> None:
-        """Add one complete group (computed now or kept from an interrupted run) to the results."""
-        for key, val in saved.arrays.items():
-            self.spool.append(key, val)
+    def add(self, saved: SavedGroup, *, spooled: bool = False) -> None:
+        """Add one complete group (computed now or kept from an interrupted run) to the results.
+        ``spooled``: its rows are already in the spool (a group written now)."""
+        if not spooled:
+            for key, val in saved.arrays.items():
+                self.spool.append(key, val)
         self.k = int(saved.arrays["rgb"].shape[-1])
         self.failures.extend(saved.failures)
         if self.feature_maps is None:
