@@ -473,36 +473,77 @@ def test_overlay_format(fmt, for_png, for_jpeg, vgg_model, image_folder, tmp_pat
         assert im["outputs"]["overlay"] in (out / "report.html").read_text()
 
 
-def test_run_syncs_pictures_once_not_per_file(vgg_model, image_folder, tmp_path, monkeypatch):
-    """Each image's pictures (map, overlay, thumbnails) are written without a sync of their own;
-    one sync of the disk comes before the report that calls the run complete."""
-    from pfv_onnx import outputs
+# Runs the command line with the calls that decide when written bytes reach the disk logged,
+# in order, one JSON list per line: ["fsync", path of the file], ["replace", source, target,
+# status of a report.json source], ["sync"] for os.sync, ["syncfs"] for the C library's
+# syncfs (looked up through ctypes).
+_DISK_CALLS = r"""
+import ctypes, json, os, sys
+log = open(sys.argv[1], "w")
+def note(*call):
+    log.write(json.dumps(call) + "\n"); log.flush()
+real_fsync, real_replace, real_sync = os.fsync, os.replace, os.sync
+def fsync(fd):
+    note("fsync", os.readlink(f"/proc/self/fd/{fd}"))
+    return real_fsync(fd)
+def replace(src, dst, *a, **k):
+    status = None
+    if os.path.basename(dst) == "report.json":
+        with open(src, encoding="utf-8") as f:
+            status = json.load(f).get("status")
+    note("replace", os.fspath(src), os.fspath(dst), status)
+    return real_replace(src, dst, *a, **k)
+def sync():
+    note("sync")
+    return real_sync()
+os.fsync, os.replace, os.sync = fsync, replace, sync
+real_item = ctypes.CDLL.__getitem__
+def item(self, name):
+    func = real_item(self, name)
+    if name != "syncfs":
+        return func
+    def syncfs(*args):
+        note("syncfs")
+        return func(*args)
+    return syncfs
+ctypes.CDLL.__getitem__ = item
+from pfv_onnx.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
 
-    events: list[str] = []
-    synced: dict[str, bool] = {}  # file name -> written with durable=True
-    real_file, real_sync, real_json = outputs.atomic_file, outputs.sync_all, outputs.write_json
 
-    def atomic_file(path, *, durable=True):
-        synced[Path(path).name] = durable
-        return real_file(path, durable=durable)
-
-    def write_json(path, data, *a, **k):
-        if Path(path).name == "report.json" and isinstance(data, dict) and data.get("status") == "complete":
-            events.append("complete report")
-        return real_json(path, data, *a, **k)
-
-    monkeypatch.setattr(outputs, "atomic_file", atomic_file)
-    monkeypatch.setattr(outputs, "sync_all", lambda folder: (events.append("sync"), real_sync(folder))[1])
-    monkeypatch.setattr(outputs, "write_json", write_json)  # cmd_run imports these when it runs
-    out = tmp_path / "out"
-    assert main(["run", str(vgg_model), *(str(image_folder / g) for g in GOOD), "-o", str(out), "-q"]) == 0
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the path of a file descriptor from /proc (Linux)")
+def test_run_syncs_pictures_once_not_per_file(vgg_model, image_folder, tmp_path):
+    """Each image's pictures (map, overlay, thumbnails) reach their names without an fsync of
+    their own; one sync of the filesystem comes after the last of them and before the report
+    that calls the run complete is put in place; that report and pfv.npz are fsynced themselves."""
+    out, log = tmp_path / "out", tmp_path / "calls.jsonl"
+    args = ["run", str(vgg_model), *(str(image_folder / g) for g in GOOD), "-o", str(out), "-q"]
+    p = subprocess.run([sys.executable, "-c", _DISK_CALLS, str(log), *args], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
     report = json.loads((out / "report.json").read_text())
-    per_image = [Path(rel).name for im in report["images"] for rel in im["outputs"].values()]
+    per_image = [Path(rel).as_posix() for im in report["images"] for rel in im["outputs"].values()]
     assert len(per_image) == 5 * len(GOOD)  # map, overlay and three thumbnails per image
-    assert {name: synced[name] for name in per_image} == {name: False for name in per_image}
-    assert synced["pfv.npz"] is True and synced["report.json"] is True
-    assert "sync" in events and "complete report" in events
-    assert events.index("sync") < events.index("complete report")
+
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    fsynced = {os.path.realpath(c[1]) for c in calls if c[0] == "fsync"}
+    placed: dict[str, int] = {}  # file under out -> when it was last put in place
+    durable: dict[str, bool] = {}  # file under out -> its content was fsynced before it was put in place
+    complete_at = None
+    for i, c in enumerate(calls):
+        if c[0] != "replace":
+            continue
+        name = Path(os.path.relpath(os.path.realpath(c[2]), os.path.realpath(out))).as_posix()
+        if name.startswith("../"):
+            continue
+        placed[name], durable[name] = i, os.path.realpath(c[1]) in fsynced
+        if name == "report.json" and c[3] == "complete":
+            complete_at = i
+    assert {name: durable[name] for name in per_image} == {name: False for name in per_image}
+    assert durable["pfv.npz"] and durable["report.json"]
+    assert complete_at is not None and placed["report.json"] == complete_at
+    syncs = [i for i, c in enumerate(calls) if c[0] in ("sync", "syncfs")]
+    assert any(max(placed[name] for name in per_image) < i < complete_at for i in syncs), calls
 
 
 def test_another_overlay_format_is_not_taken_for_a_finished_run(vgg_model, image_folder, tmp_path):

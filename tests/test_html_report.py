@@ -544,8 +544,9 @@ def _high_pipes() -> list[int]:
     return high
 
 
-@pytest.fixture
-def browser():
+@pytest.fixture(scope="module")
+def chromium():
+    """One Chromium for the module's browser tests (each test has tabs of its own)."""
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
     b = Chromium(CHROMIUM)
@@ -553,6 +554,23 @@ def browser():
         yield b
     finally:
         b.close()
+
+
+def _tabs(b: Chromium) -> set[str]:
+    return {t["targetId"] for t in b.call("Target.getTargets")["targetInfos"] if t["type"] == "page"}
+
+
+@pytest.fixture
+def browser(chromium):
+    """The module's Chromium with no events from earlier tests; the tabs a test opens are closed after it."""
+    before = _tabs(chromium)
+    chromium.events.clear()
+    try:
+        yield chromium
+    finally:
+        for target in _tabs(chromium) - before:
+            chromium.call("Target.closeTarget", {"targetId": target})
+        chromium.events.clear()
 
 
 _IMAGES_JS = """
