@@ -67,6 +67,16 @@ def _pool(n: int) -> ThreadPoolExecutor:
         return _POOL
 
 
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there, so start afresh."""
+    global _POOL, _POOL_SIZE, _LOCK
+    _POOL, _POOL_SIZE, _LOCK = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def spans(n: int, parts: int) -> list[tuple[int, int]]:
     """``range(n)`` cut into at most ``parts`` contiguous (start, stop) spans of near-equal size."""
     parts = max(1, min(parts, n))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+
 import numpy as np
 import pytest
 
@@ -69,3 +74,30 @@ def test_run_keeps_order_and_the_limit_is_restored():
     assert threads.count() == before
     with pytest.raises(ValueError):
         threads.set_limit(0)
+
+
+_FORK_CHILD = """
+import os, signal, threading
+from pfv_onnx import threads
+def busy(i):
+    threading.Event().wait(0.05)  # every pool thread gets started, busy at once
+    return i + 1
+with threads.limit(3):
+    assert threads.run(busy, list(range(6))) == list(range(1, 7))
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)  # a hang guard: the child dies of SIGALRM rather than hang for ever
+        ok = threads.run(lambda i: i * 2, list(range(6))) == [i * 2 for i in range(6)]
+        os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_the_math():
+    # The parent's pool threads do not exist in a forked child: the child needs its own.
+    done = subprocess.run([sys.executable, "-c", _FORK_CHILD], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "0", "the forked child did not finish the math (-14: killed by the hang guard)"
+
