@@ -15,7 +15,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -88,7 +88,8 @@ def run(fn: Callable[[T], Any], items: Sequence[T]) -> list[Any]:
     """``[fn(item) for item in items]``, the items spread over up to :func:`count` threads.
 
     Each thread takes a contiguous run of the items, the calling thread the first; the
-    results keep the items' order.
+    results keep the items' order. Every run of items has ended when this returns or raises;
+    an error is the one of the first run that failed.
     """
     n = min(count(), len(items))
     if n <= 1 or threading.current_thread().name.startswith("pfv-math"):  # no nested pools
@@ -96,7 +97,10 @@ def run(fn: Callable[[T], Any], items: Sequence[T]) -> list[Any]:
     lanes = [list(items[a:b]) for a, b in spans(len(items), n)]
     pool = _pool(n - 1)
     futures = [pool.submit(lambda lane: [fn(item) for item in lane], lane) for lane in lanes[1:]]
-    out = [fn(item) for item in lanes[0]]
+    try:
+        out = [fn(item) for item in lanes[0]]
+    finally:
+        wait(futures)
     for f in futures:
         out.extend(f.result())
     return out

@@ -101,3 +101,22 @@ def test_a_forked_child_runs_the_math():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0", "the forked child did not finish the math (-14: killed by the hang guard)"
 
+
+def _slow(finished: list[int], fail: int):
+    def fn(i: int) -> int:
+        if i == fail:
+            raise KeyError(i)
+        threading.Event().wait(0.2)  # the failing lane is done long before this one
+        finished.append(i)
+        return i
+
+    return fn
+
+
+@pytest.mark.parametrize("fail", [0, 1])  # the calling thread's lane, a pool thread's lane
+def test_run_waits_for_every_lane_before_raising(fail):
+    finished: list[int] = []
+    with threads.limit(4), pytest.raises(KeyError):
+        threads.run(_slow(finished, fail), [0, 1, 2, 3])
+    assert sorted(finished) == [i for i in range(4) if i != fail]
+
