@@ -39,7 +39,10 @@ def count() -> int:
 
 
 def set_limit(n: int | None) -> None:
-    """Use at most ``n`` threads for the math from now on (None: one per usable core)."""
+    """Use at most ``n`` threads for the math from now on (None: one per usable core).
+
+    The limit is process-wide: it holds for the math on every thread, not just the caller's.
+    """
     global _LIMIT
     if n is not None and n < 1:
         raise ValueError(f"the thread limit must be at least 1, got {n}")
@@ -48,7 +51,7 @@ def set_limit(n: int | None) -> None:
 
 @contextlib.contextmanager
 def limit(n: int | None) -> Iterator[None]:
-    """At most ``n`` threads for the math inside the block."""
+    """At most ``n`` threads for the math inside the block (process-wide, like :func:`set_limit`)."""
     before = _LIMIT
     set_limit(n)
     try:
@@ -61,8 +64,8 @@ def _pool(n: int) -> ThreadPoolExecutor:
     global _POOL, _POOL_SIZE
     with _LOCK:
         if _POOL is None or _POOL_SIZE < n:
-            if _POOL is not None:
-                _POOL.shutdown(wait=False)
+            # A smaller pool is replaced, never shut down: a run on another thread may still be
+            # handing it work. Its idle threads end once the last run holding it lets it go.
             _POOL, _POOL_SIZE = ThreadPoolExecutor(max_workers=n, thread_name_prefix="pfv-math"), n
         return _POOL
 

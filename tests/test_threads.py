@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -120,3 +121,32 @@ def test_run_waits_for_every_lane_before_raising(fail):
         threads.run(_slow(finished, fail), [0, 1, 2, 3])
     assert sorted(finished) == [i for i in range(4) if i != fail]
 
+
+def test_a_run_that_grows_the_pool_leaves_a_concurrent_run_working(monkeypatch):
+    # Thread A has its pool and is about to hand it work when thread B needs a larger one.
+    submit = ThreadPoolExecutor.submit
+    a_submits, b_done = threading.Event(), threading.Event()
+
+    def paused_submit(self, *args, **kwargs):
+        if threading.current_thread().name == "A" and not a_submits.is_set():
+            a_submits.set()
+            assert b_done.wait(30)
+        return submit(self, *args, **kwargs)
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", paused_submit)
+    results: dict[str, object] = {}
+
+    def call(name: str, n: int) -> None:
+        try:
+            results[name] = threads.run(lambda i: i + 1, list(range(n)))
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            results[name] = error
+
+    with threads.limit(64):
+        a = threading.Thread(target=call, args=("A", 2), name="A")
+        a.start()
+        assert a_submits.wait(30)
+        call("B", 64)
+        b_done.set()
+        a.join(30)
+    assert results == {"A": [1, 2], "B": list(range(1, 65))}
