@@ -23,6 +23,8 @@ _BLOCK_ROWS = 2048
 _APPLY_ROWS = 64
 # Row segments of the Krylov products, summed in float64 in a fixed order (spread over the threads).
 _SEGMENTS = 8
+# Row segments of the projections (each one product, spread over the threads).
+_PROJECT_SEGMENTS = 64
 # Rows per block of the column sums: float32 partial sums this long stay accurate to ~1e-7.
 _SUM_ROWS = 256
 # Up to this matrix size a full eigendecomposition costs less than an iterative top-k solver.
@@ -315,10 +317,11 @@ def _fit_krylov(Xc: Any, resid: Any, k: int):
     return vals, V, squared_norm(Xc) - m * float(r @ r)
 
 
-def _row_segments(m: int) -> list[tuple[int, int]]:
-    """Fixed spans of ``_APPLY_ROWS``-aligned rows, ``_SEGMENTS`` of them (fewer for few rows)."""
+def _row_segments(m: int, parts: int = _SEGMENTS) -> list[tuple[int, int]]:
+    """Fixed spans of ``_APPLY_ROWS``-aligned rows, ``parts`` of them (fewer for few rows):
+    the same whatever the number of threads."""
     blocks = -(-m // _APPLY_ROWS)
-    return [(a * _APPLY_ROWS, min(b * _APPLY_ROWS, m)) for a, b in threads.spans(blocks, _SEGMENTS)]
+    return [(a * _APPLY_ROWS, min(b * _APPLY_ROWS, m)) for a, b in threads.spans(blocks, parts)]
 
 
 def squared_norm(X: Any) -> float:
@@ -347,7 +350,8 @@ def _gram(Xc: Any) -> Any:
 
 
 def _project_rows(X: Any, V32: Any, offset32: Any) -> Any:
-    """X @ V32 - offset32, on NumPy a span of rows per math thread."""
+    """X @ V32 - offset32, on NumPy over fixed segments of rows on the math threads (a cut by
+    the number of threads would change the bits: a one-row product takes another BLAS path)."""
     xp = array_module(X)
     if xp is not np:
         return X @ V32 - offset32
@@ -358,7 +362,7 @@ def _project_rows(X: Any, V32: Any, offset32: Any) -> Any:
         np.matmul(X[a:b], V32, out=out[a:b])
         out[a:b] -= offset32
 
-    threads.run(part, threads.spans(X.shape[0], threads.count()))
+    threads.run(part, _row_segments(X.shape[0], _PROJECT_SEGMENTS))
     return out
 
 

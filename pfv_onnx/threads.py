@@ -5,8 +5,8 @@ float32 products with BLAS held to one thread), so plain threads run them in par
 threads block on a queue when idle: nothing spins, unlike multi-threaded BLAS, whose spinning
 workers cost tens of times more beside other busy threads (docs/PERFORMANCE.md, "The PFV math").
 
-How the work is cut never depends on the number of threads: a result is the same bit for bit
-with one thread or many.
+How the work is cut never depends on the number of threads: on NumPy a result is the same bit
+for bit with one thread or many (CuPy arrays do not use these threads).
 """
 
 from __future__ import annotations

@@ -150,3 +150,16 @@ def test_a_run_that_grows_the_pool_leaves_a_concurrent_run_working(monkeypatch):
         b_done.set()
         a.join(30)
     assert results == {"A": [1, 2], "B": list(range(1, 65))}
+
+
+@pytest.mark.parametrize("n_threads", [3, 4, 7])
+def test_fewer_rows_than_threads_do_not_change_a_bit(n_threads):
+    # Five rows: cut by the number of threads, some spans would be one row long.
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((5, 48)) * np.linspace(3.0, 0.1, 48)).astype(np.float32)
+    with threads.limit(1):
+        basis_one, p_one = pca.fit(x, 3)
+    with threads.limit(n_threads):
+        basis_many, p_many = pca.fit(x, 3)
+    assert np.array_equal(basis_one.directions, basis_many.directions)
+    assert np.array_equal(p_one, p_many)
