@@ -11,7 +11,9 @@ with the number of images.
   colour map. The group-wide peaks that the weighting needs come from the spool.
 
 Every step is the in-memory one on a part of the array, or on the whole array read from
-disk, so the result is the same bit for bit on NumPy.
+disk, so the result is the same bit for bit on NumPy. The spooled rows are host memory, so
+the PCA, the colour statistics and the colour map run on the CPU even when the passes were
+CuPy arrays; the weighting runs on the passes' array module.
 """
 
 from __future__ import annotations

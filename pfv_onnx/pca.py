@@ -98,19 +98,14 @@ def centred(X: Any, scratch: Scratch | None = None) -> tuple[Any, Any]:
     """(X - mean) in float32 and the float64 column means.
 
     ``scratch(shape, dtype)``: where the centred rows go (a memory-mapped file for rows
-    spooled to disk), filled a block of rows at a time; the values are the same.
+    spooled to disk), filled a block of rows at a time; the values are the same. Host memory
+    only: CuPy rows are centred on the device and the scratch is not used.
     """
     xp = array_module(X)
     mean = column_mean(X)
     m32 = mean.astype(xp.float32)
     if xp is not np:
-        if scratch is None:
-            return X - m32, mean
-        out = scratch(X.shape, np.result_type(X.dtype, m32.dtype))
-        step = 64 * _BLOCK_ROWS
-        for start in range(0, X.shape[0], step):
-            xp.subtract(X[start : start + step], m32, out=out[start : start + step])
-        return out, mean
+        return X - m32, mean
     dtype = np.result_type(X.dtype, np.float32)
     out = np.empty(X.shape, dtype=dtype) if scratch is None else scratch(X.shape, dtype)
     threads.run(lambda s: np.subtract(X[s[0] : s[1]], m32, out=out[s[0] : s[1]]), threads.spans(X.shape[0], threads.count()))
@@ -220,8 +215,8 @@ def fit(X: Any, k: int, *, peak: float | None = None, scratch: Scratch | None = 
     ``float_range``'s safe range are decomposed scaled by a power of two, and the result is
     scaled back: the directions do not depend on the scale, and the float32 products stay finite.
 
-    ``scratch``: where the centred copy of X goes (see :func:`centred`); with X and the
-    scratch memory-mapped, the fit holds only (C, b) blocks and the (M, k) projections.
+    ``scratch``: where the centred copy of NumPy rows X goes (see :func:`centred`); with X and
+    the scratch memory-mapped, the fit holds only (C, b) blocks and the (M, k) projections.
     """
     xp = array_module(X)
     check_k(k, X.shape[1], X.shape[0])

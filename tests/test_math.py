@@ -409,6 +409,27 @@ def test_cupy_low_level_matches_numpy():
     np.testing.assert_allclose(cupy.asnumpy(p_cp), p_np, atol=1e-4 * np.abs(p_np).max())
 
 
+@pytest.mark.gpu
+def test_cupy_fit_with_a_host_scratch_centres_on_the_device(tmp_path):
+    """A scratch is host memory: CuPy rows are centred on the device, the result unchanged."""
+    import cupy
+
+    from pfv_onnx import pca
+
+    rows, _ = designed_rows(300, [5.0, 3.0, 2.0, 1.0, 0.5, 0.2], seed=9)
+    X = cupy.asarray(rows.astype(np.float32))
+    made: list[np.memmap] = []
+
+    def scratch(shape, dtype):
+        made.append(np.memmap(tmp_path / f"scratch-{len(made)}", dtype=dtype, mode="w+", shape=shape))
+        return made[-1]
+
+    basis_plain, p_plain = pca.fit(X, 3)
+    basis_scratch, p_scratch = pca.fit(X, 3, scratch=scratch)
+    np.testing.assert_array_equal(np.asarray(basis_scratch.directions), np.asarray(basis_plain.directions))
+    np.testing.assert_array_equal(cupy.asnumpy(p_scratch), cupy.asnumpy(p_plain))
+
+
 @pytest.mark.parametrize("n_sigma", [0.5, 1.0, 2.0])
 def test_scale_colours_in_place_equals_the_reference(n_sigma):
     """overwrite=True writes into the input (no second array of its size) and gives the same colours."""
