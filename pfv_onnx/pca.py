@@ -362,11 +362,18 @@ def _project_rows(X: Any, V32: Any, offset32: Any) -> Any:
 
 
 def project(X: Any, basis: PrincipalBasis) -> Any:
-    """Projections (M, k) float32 of rows ``X`` onto a given basis (its mean removed)."""
+    """Projections (M, k) float32 of rows ``X`` onto a given basis (its mean removed);
+    InputError when the basis has another number of channels."""
     xp = array_module(X)
+    if X.shape[1] != basis.mean.shape[0]:
+        raise InputError(
+            f"the basis has {basis.mean.shape[0]} channels, the decomposed feature map {X.shape[1]}; "
+            "use a basis fitted on this model's feature map"
+        )
     mean = xp.asarray(basis.mean, dtype=xp.float32)
     V = xp.asarray(basis.directions, dtype=xp.float32)
-    return (X - mean) @ V
+    with single_threaded_blas() if xp is np else contextlib.nullcontext():
+        return (X - mean) @ V
 
 
 def components(P: Any, n: int, h: int, w: int) -> Any:

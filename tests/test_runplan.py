@@ -267,3 +267,43 @@ def test_npz_rows_read_in_blocks_are_the_array(tmp_path, deflate):
     blocks = list(npz_row_blocks(tmp_path / "a.npz", "rgb", rows=10))
     assert [len(b) for b in blocks] == [10, 10, 3]
     assert np.array_equal(np.concatenate(blocks), rgb)
+
+
+def test_a_basis_of_another_model_is_refused_before_any_pass(world, tmp_path):
+    """An API caller's basis of another model whose decomposed map has more channels: one
+    InputError before the first forward pass (nothing written), not a NumPy error."""
+    from onnx import numpy_helper
+
+    from pfv_onnx.basis import load
+    from pfv_onnx.errors import InputError
+
+    wider = graphs.colour_classifier()  # the same graph, its maps 4 channels wide
+    shapes = {"id0.weight": np.eye(4, 3), "id1.weight": np.eye(4)}
+    for init in wider.graph.initializer:
+        if init.name in shapes:
+            init.CopyFrom(numpy_helper.from_array(shapes[init.name].astype(np.float32)[:, :, None, None], init.name))
+        elif numpy_helper.to_array(init).shape == (3, 3):  # the Gemm's weight
+            init.CopyFrom(numpy_helper.from_array(np.eye(3, 4, dtype=np.float32), init.name))
+    path = tmp_path / "wider.onnx"
+    onnx.save(wider, str(path))
+    pfv = PFV(str(path))
+    prep = make_preprocessing("imagenet", size=pfv.default_size, layout="NCHW")
+    report = {"pfv": {"groups": 0}, "groups": [], "images": [], "failures": [], "outputs": {}, "notes": []}
+    out = tmp_path / "out"
+    job = RunJob(
+        pfv=pfv, files=collect_images([world["images"]]).files, prep=prep, outdir=out, report=report,
+        fingerprint="wider", batch_size=4, basis=load(world["basis"]), html=False,
+    )  # fmt: skip
+    with pytest.raises(InputError, match="another model"):
+        execute(job)
+    assert not out.exists()
+
+
+def test_a_basis_of_other_channels_is_refused_by_the_spool(tmp_path):
+    from pfv_onnx.errors import InputError
+    from pfv_onnx.group_spool import GroupSpool
+    from pfv_onnx.pca import fit
+
+    basis = fit(np.concatenate([p.activations for p in _passes(20, 24, seed=1)]).transpose(0, 2, 3, 1).reshape(-1, 24), 3)[0]
+    with GroupSpool(tmp_path, basis=basis) as spool, pytest.raises(InputError, match="24 channels"):
+        spool.add(_passes(8, 16)[0])

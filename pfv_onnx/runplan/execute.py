@@ -73,6 +73,8 @@ def execute(job: RunJob, *, stop_after: int | None = None) -> RunSummary:
     from ..outputs import clean_stale_temp_files, unique_names
 
     check_basis_size(job.basis, job.prep.size)
+    if hasattr(job.basis, "check_model"):  # a fitted basis: of this model and its feature maps
+        job.basis.check_model(job.pfv, job.pfv.feature_maps(tuple(job.prep.size)))
     quiet_opencv()
     t_start = time.perf_counter()
     report = job.report
