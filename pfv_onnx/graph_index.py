@@ -31,6 +31,7 @@ class GraphIndex:
     constants: set[str]  # initializers, Constant outputs and plumbing of constants
     outputs: list[str]
     initializers: dict[str, onnx.TensorProto]
+    opset: int  # of the default (ai.onnx) domain: some operators' defaults depend on it
 
     def shape(self, name: str) -> tuple[int, ...] | None:
         ti = self.info.get(name)
@@ -106,7 +107,8 @@ def build(model: onnx.ModelProto, info: dict[str, TensorInfo]) -> GraphIndex:
         ):
             constants.update(o for o in node.output if o)
     inits = {t.name: t for t in model.graph.initializer}
-    return GraphIndex(nodes, producer, consumers, info, constants, [o.name for o in model.graph.output], inits)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), onnx.defs.onnx_opset_version())
+    return GraphIndex(nodes, producer, consumers, info, constants, [o.name for o in model.graph.output], inits, opset)
 
 
 def reachable_from(g: GraphIndex, start: str) -> set[str]:

@@ -13,6 +13,15 @@ from .feature_maps import FeatureMap, Layout, Role
 from .graph_index import attr, depths
 
 
+def _over_last_axis(softmax: onnx.NodeProto, opset: int) -> bool:
+    """Whether a Softmax of a 4-D tensor normalises each row of its last axis on its own.
+
+    Before opset 13 the axis defaults to 1 and the input is flattened to 2-D from the axis:
+    only an axis of the last dimension then leaves the rows (each query's probabilities) apart.
+    """
+    return attr(softmax, "axis", -1 if opset >= 13 else 1) % 4 == 3
+
+
 def single_resolution_token_weighting(m: MapGraph, decomposed: FeatureMap) -> list[FeatureMap]:
     """Weighting maps of a token model whose network has no grid finer than its patch grid (a plain ViT).
 
@@ -41,7 +50,7 @@ def single_resolution_token_weighting(m: MapGraph, decomposed: FeatureMap) -> li
         shape = g.shape(name)
         if node is None or node.op_type != "Softmax" or shape is None or len(shape) != 4 or shape[2:] != (total, total):
             continue
-        if attr(node, "axis", -1) in (-1, 3) and any(g.nodes[ci].op_type in MIXING for ci in g.consumers.get(name, [])):
+        if _over_last_axis(node, g.opset) and any(g.nodes[ci].op_type in MIXING for ci in g.consumers.get(name, [])):
             found.append(name)
     if not found:
         return []

@@ -227,3 +227,38 @@ def test_run_report_carries_the_class_token_warning(model_file, tmp_path, capsys
     assert main(["run", path, str(images), "-o", str(out), "-q"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert any("class" in w for w in report["warnings"])
+
+
+def _at_opset_12(model: onnx.ModelProto, axis: int | None) -> onnx.ModelProto:
+    """The model at opset 12: LayerNormalization (opset 17) spelled as Mul and Add, and the
+    attention Softmaxes with ``axis`` (None: no attribute, so opset 12's default of 1)."""
+    from onnx import helper
+
+    nodes = []
+    for node in model.graph.node:
+        if node.op_type == "LayerNormalization":  # scale and shift: enough for the map analysis
+            x, scale, bias = node.input
+            nodes += [helper.make_node("Mul", [x, scale], [node.output[0] + "_scaled"]),
+                      helper.make_node("Add", [node.output[0] + "_scaled", bias], [node.output[0]])]
+            continue
+        if node.op_type == "Softmax":
+            node = helper.make_node("Softmax", list(node.input), list(node.output), name=node.name,
+                                    **({} if axis is None else {"axis": axis}))
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    del model.opset_import[:]
+    model.opset_import.append(helper.make_opsetid("", 12))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("axis, weighted", [(None, False), (1, False), (2, False), (-1, True), (3, True)])
+def test_an_opset_12_softmax_is_attention_only_over_its_last_axis(axis, weighted, save_model):
+    """Before opset 13, Softmax's axis defaults to 1 and flattens the input from that axis: only
+    an axis of the last dimension gives each query's own probabilities (attention to weight by)."""
+    case, _ = tg.vit()
+    path = save_model(_at_opset_12(case.model, axis), f"vit_opset12_{axis}")
+    rep = inspect(path)
+    assert rep.decomposed.name == case.expected_decomposed
+    assert [m.name for m in rep.weighting] == (["block1_attention"] if weighted else [])
