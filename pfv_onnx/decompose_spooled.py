@@ -32,7 +32,9 @@ if TYPE_CHECKING:
     from .group_spool import GroupSpool
     from .pca import PrincipalBasis
 
-PART_IMAGES = 64  # images weighted at once: ~40 MB of 224 x 224 float32 maps
+# Images weighted at once (~40 MB of 224 x 224 float32 maps); ``run`` draws one part's
+# pictures while the next part's colours are computed.
+PART_IMAGES = 64
 
 
 @dataclass

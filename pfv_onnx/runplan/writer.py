@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..decompose_spooled import PART_IMAGES
 from ..errors import InputError, one_line
 from .outdir import MOSAIC, NPZ, REPORT, REPORT_HTML
 from ..audit import ATYPICAL_DISTANCE, LOW_CONFIDENCE, MIN_CLASS_SIZE, mean_colours, record_flags
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 MOSAIC_MAX = 64  # images shown in the mosaic
 MOSAIC_TILE = 160
-PART_IMAGES = 64  # images whose colours are computed at once while the previous part's pictures are drawn
 LOSSY_FORMATS = frozenset({"jpeg"})  # DecodedImage.format values whose overlays are JPEG under --overlay-format auto
 NPZ_PRECISIONS = ("uint8", "full")
 
