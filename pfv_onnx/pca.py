@@ -215,8 +215,9 @@ def fit(X: Any, k: int, *, peak: float | None = None, scratch: Scratch | None = 
     ``float_range``'s safe range are decomposed scaled by a power of two, and the result is
     scaled back: the directions do not depend on the scale, and the float32 products stay finite.
 
-    ``scratch``: where the centred copy of NumPy rows X goes (see :func:`centred`); with X and
-    the scratch memory-mapped, the fit holds only (C, b) blocks and the (M, k) projections.
+    ``scratch``: where the centred copy of NumPy rows X goes (see :func:`centred`), and their
+    rescaled copy when they need one; with X and the scratch memory-mapped, the fit holds only
+    row blocks and the (M, k) projections.
     """
     xp = array_module(X)
     check_k(k, X.shape[1], X.shape[0])
@@ -224,7 +225,7 @@ def fit(X: Any, k: int, *, peak: float | None = None, scratch: Scratch | None = 
     with single_threaded_blas() if xp is np else contextlib.nullcontext():
         if f == 1.0:
             return _fit(X, k, scratch)
-        basis, P = _fit(float_range.scale(X, f), k, scratch)
+        basis, P = _fit(_scaled(X, f, scratch), k, scratch)
     unscaled = PrincipalBasis(
         mean=basis.mean / f,
         directions=basis.directions,
@@ -233,6 +234,17 @@ def fit(X: Any, k: int, *, peak: float | None = None, scratch: Scratch | None = 
         n_observations=basis.n_observations,
     )
     return unscaled, float_range.scale(P, 1.0 / f)
+
+
+def _scaled(X: Any, f: float, scratch: Scratch | None) -> Any:
+    """``float_range.scale(X, f)``; with a scratch (NumPy rows), written into it a block of
+    rows at a time (the same values), so memory-mapped rows are never copied whole into RAM."""
+    if scratch is None or array_module(X) is not np:
+        return float_range.scale(X, f)
+    out = scratch(X.shape, np.result_type(X.dtype, np.float32))
+    for start in range(0, X.shape[0], _BLOCK_ROWS):
+        out[start : start + _BLOCK_ROWS] = float_range.scale(X[start : start + _BLOCK_ROWS], f)
+    return out
 
 
 def _fit(X: Any, k: int, scratch: Scratch | None = None) -> tuple[PrincipalBasis, Any]:

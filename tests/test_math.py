@@ -430,6 +430,40 @@ def test_cupy_fit_with_a_host_scratch_centres_on_the_device(tmp_path):
     np.testing.assert_array_equal(cupy.asnumpy(p_scratch), cupy.asnumpy(p_plain))
 
 
+def test_fit_of_memory_mapped_rows_out_of_range_stays_out_of_memory(tmp_path):
+    """Rows beyond float32's safe range are rescaled before the fit: with a scratch, into the
+    scratch a block at a time, so memory-mapped rows are never copied whole into RAM; the
+    result is the in-memory fit's, bit for bit."""
+    import tracemalloc
+
+    from pfv_onnx import pca
+
+    rng = np.random.default_rng(11)
+    rows = (rng.standard_normal((40_000, 128)) * np.linspace(4.0, 0.5, 128)).astype(np.float32) * np.float32(2.0**60)
+    path = tmp_path / "rows"
+    np.memmap(path, dtype=np.float32, mode="w+", shape=rows.shape)[:] = rows
+    X = np.memmap(path, dtype=np.float32, mode="r", shape=rows.shape)
+    want_basis, want_p = pca.fit(rows, 3)
+    del rows
+
+    def scratch(shape, dtype):
+        scratch.count += 1
+        return np.memmap(tmp_path / f"scratch-{scratch.count}", dtype=dtype, mode="w+", shape=shape)
+
+    scratch.count = 0
+    tracemalloc.start()
+    try:
+        got_basis, got_p = pca.fit(X, 3, scratch=scratch)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    mapped = X.nbytes
+    assert peak < mapped / 4, f"the fit held {peak / 2**20:.1f} MiB beside {mapped / 2**20:.1f} MiB of mapped rows"
+    assert np.array_equal(got_basis.directions, want_basis.directions)
+    assert np.array_equal(got_basis.eigenvalues, want_basis.eigenvalues)
+    assert np.array_equal(got_p, want_p)
+
+
 @pytest.mark.parametrize("n_sigma", [0.5, 1.0, 2.0])
 def test_scale_colours_in_place_equals_the_reference(n_sigma):
     """overwrite=True writes into the input (no second array of its size) and gives the same colours."""
