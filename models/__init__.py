@@ -149,9 +149,8 @@ MODELS: dict[str, BundledModel] = {
         demo_folder="images/shapes",
         description=(
             "A small vision transformer without a class token: the head reads the mean of the "
-            "patch tokens. An earlier recipe of train_vit.py (a strided stem with ReLU maps at 32 "
-            "and 16 px, 6000 images x 6 epochs): undertrained, held-out exact-match accuracy 0.30 "
-            "(per label 0.67). Input 1x3x64x64 RGB in [0, 1]."
+            "patch tokens. Trained by train_vit.py --head mean --epochs 14 (16000 images): held-out "
+            "exact-match accuracy 0.92 (per label 0.97). Input 1x3x64x64 RGB in [0, 1]."
         ),
     ),
 }

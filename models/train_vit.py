@@ -24,8 +24,8 @@ transformer blocks on the 8x8 patch grid combine it. Training: 16000 images, bat
 one-cycle AdamW (lr 2e-3; weight decay 0.05 on weight matrices only), random flips and
 quarter turns. ``--plain-share`` mixes in images repainted on one flat background colour
 in the first epochs (a curriculum; off by default). ``synthetic_vit.onnx`` was trained with
-``--head cls --epochs 14`` on one CPU thread; the bundled ``synthetic_vit_mean.onnx`` is of an
-earlier recipe (strided stem, 6000 images, curriculum), see models/README.md:
+``--head cls --epochs 14`` and ``synthetic_vit_mean.onnx`` with ``--head mean --epochs 14``,
+each on one CPU thread:
 
     pip install torch==2.13.0 onnx onnxruntime numpy opencv-python-headless
     python models/train_vit.py --head cls --epochs 14
