@@ -261,9 +261,15 @@ class _Run:
 
     def class_plan(self, plan: ClassPlan | None, done: int) -> bool:
         """Class groups: every file run forward in batches, then one group per predicted
-        class. Resumed, only the batches that hold files of the groups left are run again."""
+        class. Resumed, only the batches that hold files of the groups left are run again.
+        The passes wait on disk until each group takes its files' rows."""
+        from .pass_spool import PassSpool
+
+        with PassSpool(self.job.outdir) as passes:
+            return self._class_plan(plan, done, passes)
+
+    def _class_plan(self, plan: ClassPlan | None, done: int, rows: Any) -> bool:
         job = self.job
-        rows: dict[int, tuple[Any, int]] = {}
         items: dict[int, Loaded] = {}
         if plan is None:
             mark = len(self.writer.failures)
@@ -296,12 +302,11 @@ class _Run:
                     self._forward_rows(chunk, rows)
             if len(self.writer.failures) != before or chunk:
                 raise InputError("an input file changed since the interrupted run read it; run again with --overwrite")
-        from ..distributed import gather_rows
-
         for g in plan.groups[done:]:
             spool = self.spool()
             try:
-                spool.add(gather_rows([rows.pop(i) for i in g.files]))
+                for fp in rows.passes(g.files, job.batch_size):
+                    spool.add(fp)
             except BaseException:
                 spool.close()
                 raise
@@ -314,24 +319,16 @@ class _Run:
         if self.job.on_class_plan is not None:
             self.job.on_class_plan([len(g.files) for g in plan.groups])
 
-    def _forward_rows(self, chunk: list[Loaded], rows: dict[int, tuple[Any, int]]) -> None:
-        """Run one batch forward; note where each file's row is."""
-        fp = self.forward(chunk)
-        for r, it in enumerate(chunk):
-            rows[it.index] = (fp, r)
+    def _forward_rows(self, chunk: list[Loaded], rows: Any) -> None:
+        """Run one batch forward into ``rows`` (a ``PassSpool``)."""
+        rows.add(self.forward(chunk), [it.index for it in chunk])
         chunk.clear()
 
-    def _plan_classes(self, decoded: list[int], rows: dict[int, tuple[Any, int]]) -> list[Any]:
-        import numpy as np
-
+    def _plan_classes(self, decoded: list[int], rows: Any) -> list[Any]:
         if not decoded:
             return []
-        passes: list[Any] = []
-        for i in decoded:
-            if not passes or passes[-1] is not rows[i][0]:
-                passes.append(rows[i][0])
-        outputs = {k: np.concatenate([np.asarray(p.outputs[k]) for p in passes]) for k in passes[0].outputs}
-        preds, _ = predictions(outputs, len(decoded), self.job.labels, list(getattr(self.job.pfv, "output_names", None) or []) or None)
+        assert rows.files == decoded  # the passes ran in input order
+        preds, _ = predictions(rows.outputs(), len(decoded), self.job.labels, list(getattr(self.job.pfv, "output_names", None) or []) or None)
         if any(p is None for p in preds):
             raise InputError("--group-by class needs a model output of finite class scores shaped (N, classes); this model has none")
         return class_groups(decoded, [int(p["class"]) for p in preds], [p.get("label") for p in preds])  # type: ignore[index,union-attr]
