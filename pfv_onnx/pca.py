@@ -19,10 +19,8 @@ from .xp import array_module, to_host
 
 # Rows per block of the float32 products whose sums are accumulated in float64.
 _BLOCK_ROWS = 2048
-# Rows per block of the Krylov products (kept in cache between a block's two products).
-_APPLY_ROWS = 1024
-# Row segments start at multiples of this many rows.
-_SEGMENT_ROWS = 64
+_APPLY_ROWS = 1024  # rows per block of the Krylov products (in cache for the block's second product)
+_SEGMENT_ROWS = 64  # row segments start at multiples of this many rows
 # Row segments of the Krylov products, summed in float64 in a fixed order (spread over the threads).
 _SEGMENTS = 8
 # Row segments of the projections (each one product, spread over the threads).
@@ -310,7 +308,7 @@ def _fit_krylov(Xc: Any, resid: Any, k: int):
 
             def segment(span: tuple[int, int]) -> np.ndarray:
                 Zt32 = np.zeros((Qt.shape[0], c), dtype=np.float32)
-                for start in range(span[0], span[1], _APPLY_ROWS):  # blocks that stay in cache for their second product
+                for start in range(span[0], span[1], _APPLY_ROWS):
                     rows = Xc[start : min(start + _APPLY_ROWS, span[1])]
                     Zt32 += (Qt @ rows.T) @ rows
                 return Zt32
