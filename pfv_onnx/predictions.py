@@ -37,13 +37,14 @@ def labels_fit(labels: Sequence[str] | None, classes: int | None) -> bool:
     return not labels or classes is None or len(labels) in (classes, classes - 1)
 
 
-def class_scores(outputs: Mapping[str, Any], n: int, order: Sequence[str] | None = None) -> tuple[np.ndarray | None, str | None]:
-    """The first output shaped (n, classes) (trailing 1s allowed) as float64 probabilities.
+# Rows per part of the class scores: at most about this many bytes of float64 probabilities at a
+# time, so a run's group of any size never holds all of them (a run's outputs may be memory-mapped).
+_PART_BYTES = 4 << 20
 
-    Rows that already are probabilities (non-negative, summing to 1) are kept, others go
-    through a softmax. Returns ``(probabilities, output name)``; ``(None, name)`` when that
-    output holds NaN or Inf, ``(None, None)`` when no output looks like class scores.
-    """
+
+def _class_output(outputs: Mapping[str, Any], n: int, order: Sequence[str] | None) -> tuple[np.ndarray | None, str | None]:
+    """The first output shaped (n, classes) (trailing 1s allowed) as an (n, classes) array (a view
+    where it can be: a memory-mapped output stays on disk), and its name; (None, None) if none."""
     for name in list(order) if order else list(outputs):
         arr = outputs.get(name)
         if arr is None:
@@ -53,12 +54,46 @@ def class_scores(outputs: Mapping[str, Any], n: int, order: Sequence[str] | None
             continue
         if not all(s == 1 for s in a.shape[2:]) or a.shape[1] < 2:
             continue
-        a = a.reshape(n, -1).astype(np.float64)
-        if not np.isfinite(a).all():
-            return None, name
-        probs = a if (a.min() >= 0 and np.allclose(a.sum(axis=1), 1.0, atol=1e-3)) else softmax(a, overwrite=True)  # a: a copy
-        return probs, name
+        return a.reshape(n, -1), name
     return None, None
+
+
+def _parts(a: np.ndarray) -> range:
+    return range(0, a.shape[0], max(1, _PART_BYTES // (8 * max(a.shape[1], 1))))
+
+
+def _kind(a: np.ndarray) -> str | None:
+    """"probabilities" when every row already is one (non-negative, summing to 1), "scores" when
+    they go through a softmax, None when a value is NaN or Inf: decided over all rows, a part at a time."""
+    step = _parts(a).step
+    finite = nonnegative = sums_to_one = True
+    for start in _parts(a):
+        part = a[start : start + step].astype(np.float64)
+        finite = finite and bool(np.isfinite(part).all())
+        nonnegative = nonnegative and bool(part.min() >= 0)
+        sums_to_one = sums_to_one and bool(np.allclose(part.sum(axis=1), 1.0, atol=1e-3))
+    if not finite:
+        return None
+    return "probabilities" if nonnegative and sums_to_one else "scores"
+
+
+def _probabilities(part: np.ndarray, kind: str) -> np.ndarray:
+    z = part.astype(np.float64)  # a copy
+    return z if kind == "probabilities" else softmax(z, overwrite=True)
+
+
+def class_scores(outputs: Mapping[str, Any], n: int, order: Sequence[str] | None = None) -> tuple[np.ndarray | None, str | None]:
+    """The first output shaped (n, classes) (trailing 1s allowed) as float64 probabilities.
+
+    Rows that already are probabilities (non-negative, summing to 1) are kept, others go
+    through a softmax. Returns ``(probabilities, output name)``; ``(None, name)`` when that
+    output holds NaN or Inf, ``(None, None)`` when no output looks like class scores.
+    """
+    a, name = _class_output(outputs, n, order)
+    kind = _kind(a) if a is not None else None
+    if a is None or kind is None:
+        return None, name
+    return _probabilities(a, kind), name
 
 
 def predictions(
@@ -69,13 +104,18 @@ def predictions(
     Returns one record per image, ``{"class", "label", "score", "top5"}`` (``top5`` holds the
     ``top`` best as ``{"class", "label", "score"}``; ``label`` is None without fitting labels),
     or None for each image when no output looks like class scores; and the output's name.
+    The probabilities are made a part of the rows at a time (the same values as all at once).
     """
-    probs, name = class_scores(outputs, n, order)
-    if probs is None:
+    a, name = _class_output(outputs, n, order)
+    kind = _kind(a) if a is not None else None
+    if a is None or kind is None:
         return [None] * n, name
     records: list[dict[str, Any] | None] = []
-    for row in probs:
-        best = np.argsort(-row, kind="stable")[:top]
-        entries = [{"class": int(c), "label": label_for(labels, int(c), probs.shape[1]), "score": round(float(row[c]), 6)} for c in best]
-        records.append({**entries[0], "top5": entries})
+    classes = a.shape[1]
+    step = _parts(a).step
+    for start in _parts(a):
+        for row in _probabilities(a[start : start + step], kind):
+            best = np.argsort(-row, kind="stable")[:top]
+            entries = [{"class": int(c), "label": label_for(labels, int(c), classes), "score": round(float(row[c]), 6)} for c in best]
+            records.append({**entries[0], "top5": entries})
     return records, name
