@@ -123,12 +123,33 @@ def _npz_entry(zf: zipfile.ZipFile, key: str, header: dict[str, Any], blocks: It
     info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
     with zf.open(info, "w", force_zip64=True) as out:
+        if deflate:
+            _faster_deflate(out)
         if _fits_v1(header):  # numpy writes format 1.0 unless the header is too long for it
             np.lib.format.write_array_header_1_0(out, header)
         else:
             np.lib.format.write_array_header_2_0(out, header)
         for block in blocks:
             out.write(block)
+
+
+NPZ_DEFLATE_LEVEL = 1  # ISA-L's level of the deflated entries (docs/PERFORMANCE.md: 8x faster than zlib's default)
+
+
+def _faster_deflate(entry: Any) -> None:
+    """Deflate a zip entry being written with ISA-L (the ``isal`` package) instead of zlib.
+
+    The same deflate format, so every zip reader (``numpy.load`` included) reads it; on the
+    8-bit maps of ``pfv.npz`` it is 8x faster than zlib's default level for a file about 15%
+    larger. :mod:`zipfile` has no public hook for the compressor: where its writer lacks the
+    attribute, or without ``isal``, zlib writes the entry as before.
+    """
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return
+    if getattr(entry, "_compressor", None) is not None:
+        entry._compressor = isal_zlib.compressobj(NPZ_DEFLATE_LEVEL, isal_zlib.DEFLATED, -15)
 
 
 def _array_entry(arr: np.ndarray) -> tuple[dict[str, Any], list[memoryview]]:

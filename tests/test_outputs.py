@@ -318,3 +318,23 @@ def test_labels_that_do_not_fit_are_one_warning(vgg_model, tmp_path):
     about_labels = [w for w in report["warnings"] + report["notes"] if "labels" in w]
     assert len(about_labels) == 1 and about_labels[0] in report["warnings"] and about_labels[0].startswith("3 labels")
     assert all(im["prediction"]["label"] is None for im in report["images"])
+
+
+def test_deflated_npz_entries_read_back_with_zlib(tmp_path):
+    """A deflated entry (ISA-L where installed) is a plain deflate stream: Python's zipfile
+    (zlib) checks its CRC and inflates it to the same array."""
+    import zipfile
+
+    rng = np.random.default_rng(3)
+    rgb = (np.add.outer(np.arange(40), np.arange(50))[None, :, :, None] + rng.integers(0, 3, (6, 40, 50, 3))).astype(np.uint8)
+    arrays = {"rgb": rgb, "files": np.asarray([f"f{i}.jpg" for i in range(6)])}
+    path = write_npz(tmp_path / "pfv.npz", arrays, deflate=["rgb"])
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+        info = zf.getinfo("rgb.npy")
+        assert info.compress_type == zipfile.ZIP_DEFLATED and info.compress_size < info.file_size
+        assert zf.getinfo("files.npy").compress_type == zipfile.ZIP_STORED
+    with np.load(path, allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["rgb"], rgb)
+        np.testing.assert_array_equal(z["files"], arrays["files"])
+    assert npz_bytes(arrays, deflate=["rgb"]) == path.read_bytes()  # deterministic

@@ -14,7 +14,10 @@ the page's pictures), ``sections`` and ``page`` (the HTML, from ``templates/``),
 from __future__ import annotations
 
 import os
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import InputError
 from .assets import clean, read_json, write_thumbnails
@@ -26,8 +29,14 @@ REPORT_HTML = "report.html"
 __all__ = ["REPORT_HTML", "write_report", "write_thumbnails", "spectrum_svg", "select_patches", "patch_box", "Patch", "PATCHES", "PATCH_CELLS"]
 
 
-def write_report(outdir: str | os.PathLike[str]) -> Path:
-    """Write ``OUTDIR/report.html`` from report.json and/or sanity.json in ``outdir``; returns its path."""
+def write_report(outdir: str | os.PathLike[str], *, pool: Executor | None = None, colours: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """Write ``OUTDIR/report.html`` from report.json and/or sanity.json in ``outdir``; returns its path.
+
+    The page's pictures (per-component views, legend patches) are drawn on ``pool``'s threads
+    (OpenCV and NumPy release the GIL), or on a pool made for the call. ``colours``: the mean
+    and the median colour of each row of pfv.npz's ``rgb`` (``audit.mean_colours`` and
+    ``audit.median_colours``), when the caller has them: else they are read from pfv.npz.
+    """
     from ..outputs import atomic_write_text
     from .page import Page
 
@@ -37,4 +46,7 @@ def write_report(outdir: str | os.PathLike[str]) -> Path:
     if report is None and sanity is None:
         raise InputError(f"{folder} holds neither report.json nor sanity.json; run `pfv-onnx run` or `pfv-onnx sanity` first")
     clean(folder)
-    return atomic_write_text(folder / REPORT_HTML, Page(folder, report, sanity).build())
+    if pool is None:
+        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="pfv-page") as own:
+            return atomic_write_text(folder / REPORT_HTML, Page(folder, report, sanity, pool=own, colours=colours).build())
+    return atomic_write_text(folder / REPORT_HTML, Page(folder, report, sanity, pool=pool, colours=colours).build())

@@ -83,10 +83,12 @@ def _badges(flags: dict[str, Any], rec: dict[str, Any]) -> str:
 
 
 class Page:
-    def __init__(self, outdir: Path, report: dict[str, Any] | None, sanity: dict[str, Any] | None):
+    def __init__(self, outdir: Path, report: dict[str, Any] | None, sanity: dict[str, Any] | None, pool: Any = None,
+                 colours: tuple[np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
         self.outdir, self.report, self.sanity = outdir, report, sanity
+        self.given_colours = colours  # (means, medians) of pfv.npz's rows, from the run that wrote it
         max_pixels = int(((report or {}).get("preprocessing") or {}).get("max_pixels") or 100_000_000)
-        self.files = Pictures(outdir, max_pixels)
+        self.files = Pictures(outdir, max_pixels, pool)
         self.k = int(((report or {}).get("pfv") or {}).get("k") or 3)
         self.typical: dict[int, tuple[float, ...]] = {}  # per group: the median colour of its maps, where most places are weak
 
@@ -99,6 +101,10 @@ class Page:
 
         name = ((self.report or {}).get("outputs") or {}).get("npz")
         rows = [int(r.get("row", 0)) for r in images]
+        if self.given_colours is not None and name:
+            means, medians = (np.asarray(c) for c in self.given_colours)
+            if means.ndim == medians.ndim == 2 and len(means) == len(medians) and all(0 <= r < len(means) for r in rows):
+                return means[rows].reshape(len(rows), -1), medians[rows].reshape(len(rows), -1)
         if name and (self.outdir / name).is_file():
             from ..outputs import npz_row_blocks
 
@@ -283,6 +289,7 @@ class Page:
             by_group.setdefault(int(rec.get("group", 0)), []).append(rec)
         entries_all: list[_Entry] = []
         parts: list[str] = []
+        drawing: list[tuple[_Entry, Any]] = []  # the views being drawn in the pool
         for grp in groups:
             g = int(grp.get("index", 0))
             recs = sorted(by_group.get(g, []), key=lambda r: int(r.get("row", 0)))
@@ -299,7 +306,7 @@ class Page:
                 size = rec.get("size") or [THUMB_SIDE, THUMB_SIDE]
                 en = _Entry(rec, f"g{g}-{int(rec.get('row', 0))}", self.files.thumbnails(rec), thumb_size(int(size[0]), int(size[1])), flags[id(rec)])
                 if comps is not None:
-                    en.views = self.files.component_views(g, int(rec.get("row", 0)), rec, comps[i], scales, en.thumbs.get("thumb_image"))
+                    drawing.append((en, self.files.submit(self.files.component_views, g, int(rec.get("row", 0)), rec, comps[i], scales, en.thumbs.get("thumb_image"))))
                 entries.append(en)
             first_row = int(recs[0].get("row", 0)) if recs else 0
             title, sub = self._group_title(grp, first_row, len(recs), len(groups))
@@ -315,6 +322,8 @@ class Page:
                     legend=self._legend(g, entries, comps) if comps is not None else "<p class=muted>not available</p>", cards=cards,
                 )
             )
+        for en, views in drawing:
+            en.views = views.result()
         boxes = [self._lightbox(en, entries_all[i - 1] if i else None, entries_all[i + 1] if i + 1 < len(entries_all) else None) for i, en in enumerate(entries_all)]
         return self._how_to_read() + self._toolbar(entries_all, groups) + "".join(parts), boxes
 
