@@ -648,6 +648,7 @@ def output_costs(outdir: Path, files: list[Path], sample: int = 32) -> dict[str,
     import cv2
 
     from pfv_onnx import render
+    from pfv_onnx.audit import mean_colours, median_colours
     from pfv_onnx.html_report import write_report
     from pfv_onnx.inputs import decode_image
     from pfv_onnx.outputs import atomic_write_bytes, write_json, write_npz
@@ -685,7 +686,8 @@ def output_costs(outdir: Path, files: list[Path], sample: int = 32) -> dict[str,
     timed("pfv.npz", lambda: write_npz(scratch / "pfv.npz", arrays, deflate=deflate), n)
     timed("mosaic.jpg (64 tiles)", lambda: atomic_write_bytes(scratch / "m.jpg", render.encode_jpeg(render.mosaic([t[0] for t in tiles] * 2, [t[1] for t in tiles] * 2, ["x"] * 2 * len(tiles), key=3), render.MOSAIC_QUALITY)), n)
     timed("report.json", lambda: write_json(scratch / "report.json", report), n)
-    timed("report.html (with legend patches and component views)", lambda: write_report(outdir), n)
+    # as the run makes it: the map colours it computed for the audit flags handed over, the pictures drawn in a pool
+    timed("report.html (with legend patches and component views)", lambda: write_report(outdir, colours=(mean_colours(arrays["rgb"]), median_colours(arrays["rgb"]))), n)
     shutil.rmtree(scratch, ignore_errors=True)
     cpu["total"] = sum(v for k, v in cpu.items() if k != "decode (for reference)")
     return cpu
