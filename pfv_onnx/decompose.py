@@ -123,9 +123,10 @@ def decompose(
     from .group_spool import GroupSpool
 
     if isinstance(passes, GroupSpool):
-        from .decompose_spooled import decompose_spooled
+        from .decompose_spooled import DecomposeOptions, decompose_spooled
 
-        return decompose_spooled(passes, maps, k=k, hierarchical=hierarchical, n_sigma=n_sigma, basis=basis, scaling=scaling)  # type: ignore[return-value]
+        options = DecomposeOptions(k=k, hierarchical=hierarchical, n_sigma=n_sigma, basis=basis, scaling=scaling)
+        return decompose_spooled(passes, maps, options)  # type: ignore[return-value]
     if not passes:
         raise InputError("nothing to decompose: no forward passes were given")
     hw = passes[0].input_hw

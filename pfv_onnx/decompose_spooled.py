@@ -60,17 +60,19 @@ class SpooledResult:
             yield start, self._colour(start, min(start + size, self.n))
 
 
-def decompose_spooled(
-    spool: GroupSpool,
-    maps: Sequence[FeatureMap],
-    *,
-    k: int,
-    hierarchical: bool = False,
-    n_sigma: float = 1.0,
-    basis: PrincipalBasis | None = None,
-    scaling: FittedScaling | None = None,
-    part: int = PART_IMAGES,
-) -> SpooledResult:
+@dataclass(frozen=True)
+class DecomposeOptions:
+    """The keyword arguments of :func:`decompose.decompose` (their defaults are set there),
+    passed on as one when it decomposes a spool."""
+
+    k: int
+    hierarchical: bool
+    n_sigma: float
+    basis: PrincipalBasis | None
+    scaling: FittedScaling | None
+
+
+def decompose_spooled(spool: GroupSpool, maps: Sequence[FeatureMap], options: DecomposeOptions, *, part: int = PART_IMAGES) -> SpooledResult:
     """``decompose.decompose`` of the passes in ``spool`` (see the module docstring)."""
     from . import degenerate, float_range, pca, weighting
     from .decompose import check_finite
@@ -78,26 +80,27 @@ def decompose_spooled(
 
     if spool.n == 0:
         raise InputError("nothing to decompose: no forward passes were given")
-    if n_sigma <= 0:
-        raise InputError(f"n_sigma must be positive, got {n_sigma}")
+    if options.n_sigma <= 0:
+        raise InputError(f"n_sigma must be positive, got {options.n_sigma}")
     peaks = list(spool.peaks)
     check_finite(maps, peaks)
     n, hw = spool.n, spool.input_hw
     _, h, w = spool.grid  # type: ignore[misc]
+    basis, scaling = options.basis, options.scaling
     if basis is None:
         if spool.basis is not None:
             raise InputError("this spool holds projections onto a basis: decompose it with that basis")
-        basis, P = pca.fit(spool.rows.array("E"), k, peak=peaks[0], scratch=spool.scratch)
+        basis, P = pca.fit(spool.rows.array("E"), options.k, peak=peaks[0], scratch=spool.scratch)
     else:
         if spool.basis is not basis:
             raise InputError("this spool holds the rows projected onto another basis (or none): decompose it with its own")
         P = np.array(spool.rows.array("P"))
     comps = pca.components(P, n, h, w)
     del P
-    degenerate.check(maps, peaks, basis, comps, fitted=scaling is not None, hierarchical=hierarchical)
+    degenerate.check(maps, peaks, basis, comps, fitted=scaling is not None, hierarchical=options.hierarchical)
     xp = spool.xp
 
-    if hierarchical:
+    if options.hierarchical:
         level_peaks = scaling.peaks if scaling is not None and scaling.peaks is not None else spool.maxima
 
         def weigh(a: int, b: int) -> Any:
@@ -109,12 +112,12 @@ def decompose_spooled(
             return weighting.flat(to_backend(comps[a:b], xp), [to_backend(S, xp) for S in spool.weights(a, b)], hw, peaks=group_peaks)
 
     if scaling is not None:
-        colours = weighting.fixed_scaling(scaling.mean, scaling.std, n_sigma)
+        colours = weighting.fixed_scaling(scaling.mean, scaling.std, options.n_sigma)
     else:
         stats = weighting.ColourStats()
         for a in range(0, n, part):
             stats.add(to_host(weigh(a, min(a + part, n))))
-        colours = stats.scaling(n_sigma)
+        colours = stats.scaling(options.n_sigma)
 
     def colour(a: int, b: int) -> np.ndarray:
         mapped = to_host(weigh(a, b))

@@ -64,6 +64,10 @@ def session_options(external_data_dir: Path | None = None, threads: int | None =
     # passes) they steal them, and sleeping threads are faster (docs/PERFORMANCE.md, "Session options").
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        # ...but only within a pass: once it returns they stop, so the PFV math that follows
+        # gets the cores (after a pass they would spin on for a while; docs/PERFORMANCE.md).
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     if external_data_dir is not None:
         # A model passed as bytes would otherwise resolve external data against the working directory.
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(external_data_dir))

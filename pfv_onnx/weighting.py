@@ -144,12 +144,16 @@ def _resize_into(src: np.ndarray, dst: np.ndarray) -> None:
         dst[...] = out.reshape(dst.shape)
 
 
-def _flat_per_image(P: np.ndarray, weights: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
-    n, k = P.shape[:2]
-    H, W = size
-    out = np.empty((n, H, W, k), dtype=np.float32)
+def _image_major(P: np.ndarray, weights: Sequence[np.ndarray], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The (N, H, W, k) result to fill, P as (N, h, w, k) and the weighting maps as (N, H_l, W_l)."""
+    out = np.empty((P.shape[0], *size, P.shape[1]), dtype=np.float32)
     hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
-    maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
+    return out, hwk, [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
+
+
+def _flat_per_image(P: np.ndarray, weights: Sequence[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+    out, hwk, maps = _image_major(P, weights, size)
+    n, H, W, k = out.shape
 
     def images(span: tuple[int, int]) -> None:  # one span of images per math thread, own buffers
         A = np.empty((H, W), dtype=np.float32)
@@ -184,11 +188,8 @@ def _spread(plane: np.ndarray, dst: np.ndarray) -> None:
 
 
 def _hierarchical_per_image(P: np.ndarray, weights: Sequence[np.ndarray], factors: list[float], size: tuple[int, int]) -> np.ndarray:
-    n, k = P.shape[:2]
-    H, W = size
-    out = np.empty((n, H, W, k), dtype=np.float32)
-    hwk = np.ascontiguousarray(P.transpose(0, 2, 3, 1), dtype=np.float32)
-    maps = [np.ascontiguousarray(S[:, 0], dtype=np.float32) for S in weights]
+    out, hwk, maps = _image_major(P, weights, size)
+    n, H, W, k = out.shape
 
     def images(span: tuple[int, int]) -> None:  # one span of images per math thread, own buffers
         levels = [(np.empty((*S.shape[1:], k), dtype=np.float32), np.empty((*S.shape[1:], k), dtype=np.float32)) for S in maps]

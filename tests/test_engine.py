@@ -829,22 +829,29 @@ def test_self_check_pairs_images_and_skips_batch_statistics():
 
 
 def test_spinning_option_reaches_onnxruntime(save_model):
-    """spinning=False (what the command line asks for) sets onnxruntime's allow_spinning to 0."""
+    """spinning=False (what the command line asks for) sets onnxruntime's allow_spinning to 0;
+    the default spins within a pass and stops when it returns."""
     import argparse
 
     from pfv_onnx.cli import _args
 
     path = save_model(graphs.case("vgg").model, "vgg")
 
-    def allow_spinning(pfv: PFV) -> str:
+    def entry(pfv: PFV, key: str, default: str) -> str:
         (sess, _), = pfv._sessions.values()
         options = sess.session.get_session_options()
         try:
-            return options.get_session_config_entry("session.intra_op.allow_spinning")
-        except Exception:  # not set: onnxruntime's default, spinning
-            return "1"
+            return options.get_session_config_entry(key)
+        except Exception:  # not set: onnxruntime's default
+            return default
 
-    assert allow_spinning(PFV(path, provider="cpu")) == "1"
+    def allow_spinning(pfv: PFV) -> str:
+        return entry(pfv, "session.intra_op.allow_spinning", "1")
+
+    api = PFV(path, provider="cpu")
+    assert allow_spinning(api) == "1"
+    # the API's workers spin within a pass only: after it they stop, leaving the cores to the math
+    assert entry(api, "session.force_spinning_stop", "0") == "1"
     assert allow_spinning(PFV(path, provider="cpu", spinning=False)) == "0"
     assert allow_spinning(_args.build_pfv(argparse.Namespace(model=path, provider="cpu"))) == "0"
 

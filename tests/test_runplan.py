@@ -165,13 +165,13 @@ def _maps() -> list:
 
 
 def _spooled(tmp_path, passes, basis=None, **kw):
-    from pfv_onnx.decompose_spooled import decompose_spooled
+    from pfv_onnx.decompose import decompose
     from pfv_onnx.group_spool import GroupSpool
 
     with GroupSpool(tmp_path, basis=basis) as spool:
         for fp in passes:
             spool.add(fp)
-        res = decompose_spooled(spool, _maps(), k=3, basis=basis, **kw)
+        res = decompose(spool, _maps(), k=3, basis=basis, **kw)
         parts = list(res.rgb_parts(5))
         rgb = np.concatenate([p for _, p in parts])
         return {"rgb": rgb, "starts": [s for s, _ in parts], "res": res, "outputs": {k: np.array(v) for k, v in res.outputs.items()}}
