@@ -110,10 +110,14 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON text (NumPy values, paths and enums converted; NaN as null)."""
+    return json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """``obj`` as indented JSON (NumPy values, paths and enums converted; NaN as null)."""
-    text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return atomic_write_text(path, text)
+    """``obj`` as indented JSON (:func:`json_text`), written atomically."""
+    return atomic_write_text(path, json_text(obj))
 
 
 def _npz_entry(zf: zipfile.ZipFile, key: str, header: dict[str, Any], blocks: Iterable[bytes | memoryview], deflate: bool) -> None:

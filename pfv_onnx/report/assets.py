@@ -141,6 +141,7 @@ class Pictures:
         self.max_pixels = max_pixels
         self.pool = pool  # an Executor that draws the pictures, or None: drawn as they are asked for
         self.notes: list[str] = []
+        self.promised: set[str] = set()  # files the caller writes once the page is drawn (report.json)
 
     def submit(self, fn: Any, *args: Any) -> Future:
         """``fn(*args)`` in the pool (a future of its result); done at once without one."""
@@ -154,7 +155,7 @@ class Pictures:
         return done
 
     def exists(self, rel: str | None) -> bool:
-        return bool(rel) and (self.outdir / rel).is_file()  # type: ignore[operator]
+        return bool(rel) and (rel in self.promised or (self.outdir / rel).is_file())  # type: ignore[operator]
 
     def thumbnails(self, rec: dict[str, Any]) -> dict[str, str]:
         """The record's gallery thumbnails, made now from the PNGs when the run made none."""

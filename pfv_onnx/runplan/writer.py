@@ -9,6 +9,7 @@ are left out of ``pfv.npz``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -255,7 +256,7 @@ class RunWriter:
 
     def finish(self) -> None:
         """Write pfv.npz, the mosaic, the complete report and the page."""
-        from ..outputs import sync_all, write_json, write_npz
+        from ..outputs import atomic_write_text, json_text, sync_all, write_npz
         from ..render import MOSAIC_QUALITY, encode_jpeg, mosaic
 
         report = self.report
@@ -297,13 +298,22 @@ class RunWriter:
         report["status"] = "complete"
         if self.html:
             report["outputs"]["html"] = REPORT_HTML
-        sync_all(self.outdir)  # the pictures, written unsynced, reach the disk before the report calls the run complete
-        write_json(self.outdir / REPORT, report)
-        if self.html:
-            from ..html_report import write_report
+        text = json_text(report)
+        # The pictures, written unsynced, reach the disk before the report calls the run complete;
+        # the page (its pictures, from the report as report.json will hold it) is drawn meanwhile.
+        syncing = self.pool.submit(sync_all, self.outdir)
+        page = None
+        try:
+            if self.html:
+                from ..report import page_html
 
-            given = (np.concatenate(self.colours), np.concatenate(self.medians)) if self.rows else None
-            write_report(self.outdir, pool=self.pool, colours=given)
+                given = (np.concatenate(self.colours), np.concatenate(self.medians)) if self.rows else None
+                page = page_html(self.outdir, report=json.loads(text), pool=self.pool, colours=given)
+        finally:
+            syncing.result()
+        atomic_write_text(self.outdir / REPORT, text)
+        if page is not None:
+            atomic_write_text(self.outdir / REPORT_HTML, page)
 
     def close(self) -> None:
         """Remove the spooled rows (after :meth:`finish`, or when the run stops)."""
