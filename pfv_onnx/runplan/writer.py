@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..decompose_spooled import PART_IMAGES
 from ..errors import InputError, one_line
 from .outdir import MOSAIC, NPZ, REPORT, REPORT_HTML
 from ..audit import ATYPICAL_DISTANCE, LOW_CONFIDENCE, MIN_CLASS_SIZE, mean_colours, median_colours, record_flags
@@ -27,6 +26,9 @@ if TYPE_CHECKING:
     from .loading import Loaded
 
 MOSAIC_MAX = 64  # images shown in the mosaic
+# Images coloured at once while the pool draws the part before: small, so that the pool starts
+# drawing soon after the decomposition (each image's colours do not depend on the part size).
+RENDER_PART = 16
 MOSAIC_TILE = 160
 LOSSY_FORMATS = frozenset({"jpeg"})  # DecodedImage.format values whose overlays are JPEG under --overlay-format auto
 NPZ_PRECISIONS = ("uint8", "full")
@@ -189,7 +191,7 @@ class RunWriter:
 
         # Part by part: the pictures of one part are drawn in the pool while the next part's colours are computed.
         pending: tuple[int, list[Any], np.ndarray] | None = None
-        for start, rgb in res.rgb_parts(PART_IMAGES):
+        for start, rgb in res.rgb_parts(RENDER_PART):
             futures = [
                 self.pool.submit(
                     render_one, self.outdir, self.names[item.index], rgb[jj], item.image, item.path, self.prep,
