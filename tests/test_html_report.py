@@ -416,6 +416,22 @@ def test_page_rebuilt_from_the_folder_alone_is_the_runs_page(run_dir, tmp_path):
     assert all((copy / rel).read_bytes() == data for rel, data in before.items())
 
 
+def test_a_page_that_fails_leaves_the_complete_report(image_folder, vgg_model, tmp_path, monkeypatch):
+    """The page is drawn before report.json is written: when drawing it fails, report.json
+    still calls the run complete (its results stand), and the error is raised after it."""
+    import pfv_onnx.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("page broken")
+
+    monkeypatch.setattr(pfv_onnx.report, "page_html", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="page broken"):
+        main(["run", str(vgg_model), str(image_folder / "disc.png"), "-o", str(out), "-q"])
+    assert _report(out)["status"] == "complete" and (out / "pfv.npz").is_file()
+    assert not (out / "report.html").exists()
+
+
 def test_sanity_section(image_folder, vgg_model, labels_file, tmp_path):
     out = tmp_path / "both"
     main(["run", str(vgg_model), str(image_folder), "-o", str(out), "-q", "--labels", str(labels_file)])

@@ -304,16 +304,19 @@ class RunWriter:
         # The pictures, written unsynced, reach the disk before the report calls the run complete;
         # the page (its pictures, from the report as report.json will hold it) is drawn meanwhile.
         syncing = self.pool.submit(sync_all, self.outdir)
-        page = None
-        try:
-            if self.html:
-                from ..report import page_html
+        page, failed = None, None
+        if self.html:
+            from ..report import page_html
 
-                given = (np.concatenate(self.colours), np.concatenate(self.medians)) if self.rows else None
+            given = (np.concatenate(self.colours), np.concatenate(self.medians)) if self.rows else None
+            try:
                 page = page_html(self.outdir, report=json.loads(text), pool=self.pool, colours=given)
-        finally:
-            syncing.result()
+            except Exception as exc:  # the results stand without their page: report.json first, then the error
+                failed = exc
+        syncing.result()
         atomic_write_text(self.outdir / REPORT, text)
+        if failed is not None:
+            raise failed
         if page is not None:
             atomic_write_text(self.outdir / REPORT_HTML, page)
 
