@@ -116,8 +116,7 @@ def json_text(obj: Any) -> str:
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """``obj`` as indented JSON (:func:`json_text`), written atomically."""
-    return atomic_write_text(path, json_text(obj))
+    return atomic_write_text(path, json_text(obj))  # written atomically
 
 
 def _npz_entry(zf: zipfile.ZipFile, key: str, header: dict[str, Any], blocks: Iterable[bytes | memoryview], deflate: bool) -> None:
@@ -137,17 +136,13 @@ def _npz_entry(zf: zipfile.ZipFile, key: str, header: dict[str, Any], blocks: It
             out.write(block)
 
 
-NPZ_DEFLATE_LEVEL = 1  # ISA-L's level of the deflated entries (docs/PERFORMANCE.md: 8x faster than zlib's default)
+NPZ_DEFLATE_LEVEL = 1  # ISA-L's level of the deflated entries
 
 
 def _faster_deflate(entry: Any) -> None:
-    """Deflate a zip entry being written with ISA-L (the ``isal`` package) instead of zlib.
-
-    The same deflate format, so every zip reader (``numpy.load`` included) reads it; on the
-    8-bit maps of ``pfv.npz`` it is 8x faster than zlib's default level for a file about 15%
-    larger. :mod:`zipfile` has no public hook for the compressor: where its writer lacks the
-    attribute, or without ``isal``, zlib writes the entry as before.
-    """
+    """Deflate a zip entry being written with ISA-L (``isal``): the same format, 8x faster than
+    zlib's default level on pfv.npz's 8-bit maps for 15% more bytes (docs/PERFORMANCE.md).
+    :mod:`zipfile` has no public hook for it: without the attribute or ``isal``, zlib writes."""
     try:
         from isal import isal_zlib
     except ImportError:
@@ -173,13 +168,10 @@ def _write_npz_to(raw: BinaryIO, arrays: Mapping[str, Any], deflate: Iterable[st
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray], *, deflate: Iterable[str] = ()) -> bytes:
-    """A ``.npz`` archive readable by :func:`numpy.load` without pickle.
-
-    Entries are stored uncompressed unless named in ``deflate``: float maps barely compress
-    (about 10%) and deflating them cost more than the whole PFV computation, while 8-bit
-    maps shrink several times. Unlike :func:`numpy.savez`, entries carry a fixed
-    timestamp, so the same arrays always give the same bytes.
-    """
+    """A ``.npz`` archive readable by :func:`numpy.load` without pickle. Entries are stored
+    uncompressed unless named in ``deflate`` (8-bit maps shrink several times, float maps by 10%
+    for more time than the whole PFV computation); a fixed timestamp, unlike :func:`numpy.savez`,
+    makes the same arrays always give the same bytes."""
     buf = io.BytesIO()
     _write_npz_to(buf, arrays, deflate)
     return buf.getvalue()
@@ -295,9 +287,7 @@ class RowSpool:
 
 
 def _fits_v1(header: dict[str, Any]) -> bool:
-    # numpy writes format 1.0 unless the header is too long for it, then 2.0
-    text = repr(header)
-    return len(text) + 12 < 65536
+    return len(repr(header)) + 12 < 65536  # numpy writes format 1.0 unless the header is too long for it, then 2.0
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")

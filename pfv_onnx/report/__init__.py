@@ -6,7 +6,7 @@ paths relative to OUTDIR, so the folder can be zipped and moved; the page loads 
 anywhere else and opens from ``file://``. Its stylesheet and small script are inlined; without
 script it still shows everything. Pictures made for the page go to ``OUTDIR/report_files/``.
 
-Modules: ``legend`` (where each component is strongest), ``assets`` (reading OUTDIR, writing
+Modules: ``legend`` (where each component is strongest), ``colours`` (the colour keys), ``assets`` (reading OUTDIR, writing
 the page's pictures), ``sections`` and ``page`` (the HTML, from ``templates/``), ``fmt``
 (escaping and numbers). The audit flags come from :mod:`pfv_onnx.audit`.
 """

@@ -19,6 +19,7 @@ from ..audit import mean_colours, median_colours, record_flags
 from ..render import component_ends
 from . import sections
 from .assets import PATCH_SIDE, THUMB_SIDE, Pictures, read_components, thumb_size
+from .colours import colour_key, keyline
 from .fmt import asset, component_name, css_rgb, e, fill, kv, pct, seconds, spectrum_svg, url
 from .legend import PATCH_CELLS
 
@@ -35,28 +36,6 @@ class _Entry:
     thumb_hw: tuple[int, int]
     flags: dict[str, Any] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)
-
-
-def colour_key(k: int) -> str:
-    """The two ends and the neutral middle of each drawn component, as CSS gradients."""
-    items = []
-    for c, (lo, mid, hi) in enumerate(component_ends(k)):
-        name = "brightness" if k == 1 else f"component {c + 1} ({component_name(c, k)})"
-        grad = f"linear-gradient(90deg,{css_rgb(lo)},{css_rgb(mid)},{css_rgb(hi)})"
-        items.append(
-            f'<span class="item" data-component="{c + 1}"><b>{e(name)}</b><span class="ends">−</span>'
-            f'<span class="bar" style="background:{grad}" title="negative end, neutral, positive end"></span><span class="ends">+</span></span>'
-        )
-    return f'<div class="ckey" aria-label="colour key">{"".join(items)}</div>'
-
-
-def _keyline(k: int, typical: tuple[float, ...] | None) -> str:
-    parts = []
-    if typical is not None and len(typical) == 3:
-        parts.append(f'<span title="the median colour of this group\'s maps: most places are weak or average">typical (neutral) here<i style="background:{css_rgb(typical)}"></i></span>')
-    for c, (lo, _, hi) in enumerate(component_ends(k)):
-        parts.append(f'<i style="background:{css_rgb(hi)}"></i>{c + 1}+<i style="background:{css_rgb(lo)}"></i>{c + 1}−')
-    return " ".join(parts)
 
 
 def _prediction(rec: dict[str, Any]) -> str:
@@ -317,7 +296,7 @@ class Page:
             parts.append(
                 fill(
                     "group.html",
-                    g=g, title=e(title), sub=e(f"{sub} · {len(recs)} image{'s' if len(recs) != 1 else ''}"), keyline=_keyline(self.k, self.typical.get(g)),
+                    g=g, title=e(title), sub=e(f"{sub} · {len(recs)} image{'s' if len(recs) != 1 else ''}"), keyline=keyline(self.k, self.typical.get(g)),
                     chart=spectrum_svg(ratios, sections.decomposed_channels(report), bool(pfv.get("basis"))) if ratios else "",
                     legend=self._legend(g, entries, comps) if comps is not None else "<p class=muted>not available</p>", cards=cards,
                 )
