@@ -182,7 +182,7 @@ class RunWriter:
                     tiles.append((tile[0], tile[1], preds[j], images[-1]["name"], index))
                 kept.append(j)
                 drawn.append(jj)
-            rows = np.asarray(drawn, dtype=np.intp)
+            rows = np.asarray(drawn, dtype=np.intp) if len(drawn) < len(futures) else slice(None)  # all drawn: no copy
             stop = start + len(futures)
             self.spool.append("rgb", rgb_rows(rgb[rows], self.npz_precision))
             self.spool.append("components", np.asarray(res.components[start:stop], dtype=np.float32)[rows])
