@@ -110,10 +110,13 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def json_text(obj: Any) -> str:
+    """``obj`` as indented JSON text (NumPy values, paths and enums converted; NaN as null)."""
+    return json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
-    """``obj`` as indented JSON (NumPy values, paths and enums converted; NaN as null)."""
-    text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    return atomic_write_text(path, text)
+    return atomic_write_text(path, json_text(obj))  # written atomically
 
 
 def _npz_entry(zf: zipfile.ZipFile, key: str, header: dict[str, Any], blocks: Iterable[bytes | memoryview], deflate: bool) -> None:
@@ -123,12 +126,29 @@ def _npz_entry(zf: zipfile.ZipFile, key: str, header: dict[str, Any], blocks: It
     info.compress_type = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
     info.external_attr = 0o644 << 16
     with zf.open(info, "w", force_zip64=True) as out:
+        if deflate:
+            _faster_deflate(out)
         if _fits_v1(header):  # numpy writes format 1.0 unless the header is too long for it
             np.lib.format.write_array_header_1_0(out, header)
         else:
             np.lib.format.write_array_header_2_0(out, header)
         for block in blocks:
             out.write(block)
+
+
+NPZ_DEFLATE_LEVEL = 1  # ISA-L's level of the deflated entries
+
+
+def _faster_deflate(entry: Any) -> None:
+    """Deflate a zip entry being written with ISA-L (``isal``): the same format, 8x faster than
+    zlib's default level on pfv.npz's 8-bit maps for 15% more bytes (docs/PERFORMANCE.md).
+    :mod:`zipfile` has no public hook for it: without the attribute or ``isal``, zlib writes."""
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return
+    if getattr(entry, "_compressor", None) is not None:
+        entry._compressor = isal_zlib.compressobj(NPZ_DEFLATE_LEVEL, isal_zlib.DEFLATED, -15)
 
 
 def _array_entry(arr: np.ndarray) -> tuple[dict[str, Any], list[memoryview]]:
@@ -148,13 +168,10 @@ def _write_npz_to(raw: BinaryIO, arrays: Mapping[str, Any], deflate: Iterable[st
 
 
 def npz_bytes(arrays: Mapping[str, np.ndarray], *, deflate: Iterable[str] = ()) -> bytes:
-    """A ``.npz`` archive readable by :func:`numpy.load` without pickle.
-
-    Entries are stored uncompressed unless named in ``deflate``: float maps barely compress
-    (about 10%) and deflating them cost more than the whole PFV computation, while 8-bit
-    maps shrink several times. Unlike :func:`numpy.savez`, entries carry a fixed
-    timestamp, so the same arrays always give the same bytes.
-    """
+    """A ``.npz`` archive readable by :func:`numpy.load` without pickle. Entries are stored
+    uncompressed unless named in ``deflate`` (8-bit maps shrink several times, float maps by 10%
+    for more time than the whole PFV computation); a fixed timestamp, unlike :func:`numpy.savez`,
+    makes the same arrays always give the same bytes."""
     buf = io.BytesIO()
     _write_npz_to(buf, arrays, deflate)
     return buf.getvalue()
@@ -270,9 +287,7 @@ class RowSpool:
 
 
 def _fits_v1(header: dict[str, Any]) -> bool:
-    # numpy writes format 1.0 unless the header is too long for it, then 2.0
-    text = repr(header)
-    return len(text) + 12 < 65536
+    return len(repr(header)) + 12 < 65536  # numpy writes format 1.0 unless the header is too long for it, then 2.0
 
 
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")

@@ -100,6 +100,12 @@ class PFV:
 
         return default_size(self.input_size, self.metadata)[0]
 
+    def prepare_self_check(self) -> None:
+        """Build the self-check's session of the unmodified model now, in the background, for
+        the first forward pass (a run calls this before it decodes its first images)."""
+        if self._self_check is not None:
+            self._self_check.prepare()
+
     @property
     def self_check_result(self) -> str | None:
         """None until the self-check ran (or when it is off); then "ok (...)" or its warning."""

@@ -3,13 +3,16 @@
 Once per model, at the first forward pass, the unmodified model runs on the first images of
 the chunk (from a session made for it alone and dropped before the rewritten model runs, so
 the two forward passes' memory never adds up) and its outputs are compared with those of the
-rewritten model on the same images.
+rewritten model on the same images. A caller that knows a forward pass is coming (``pfv-onnx
+run``) can have that session built beforehand, in the background (:meth:`SelfCheck.prepare`).
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -32,15 +35,37 @@ class SelfCheck:
         self.input_name = input_name
         self.output_names = list(output_names)
         self.result: str | None = None
+        self._pending: Future | None = None  # the session being built by prepare()
+
+    def prepare(self) -> None:
+        """Start building the unmodified model's session on a thread of its own, for the next
+        :meth:`reference`: onnxruntime releases the GIL while it loads and optimises a model,
+        so this overlaps whatever the caller does until its first forward pass (decoding the
+        first images). The session still runs, and is dropped, before the rewritten model's
+        first pass."""
+        if self.result is not None or self._pending is not None:
+            return
+        pending: Future = Future()
+
+        def build() -> None:
+            try:
+                pending.set_result(self._session())
+            except BaseException as exc:  # raised by reference()
+                pending.set_exception(exc)
+
+        threading.Thread(target=build, name="pfv-self-check", daemon=True).start()
+        self._pending = pending
+
+    def _session(self) -> Any:
+        from . import runtime
+
+        return runtime.create_session(self.model.path, "cpu", input_name=self.input_name, output_names=self.output_names, arena=False)
 
     def reference(self, chunk: np.ndarray, quiet: bool = False) -> dict[str, Any] | None:
         """The unmodified model's outputs for ``chunk`` (None, when ``quiet``, if it does not run on it)."""
-        from . import runtime
-
+        pending, self._pending = self._pending, None
         try:  # the session is dropped as this returns, before the rewritten model runs
-            plain = runtime.create_session(
-                self.model.path, "cpu", input_name=self.input_name, output_names=self.output_names, arena=False
-            )
+            plain = pending.result() if pending is not None else self._session()
             return plain.run(chunk)
         except PfvError:
             if quiet:

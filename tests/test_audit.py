@@ -135,3 +135,21 @@ def test_median_colours_of_8bit_maps_equal_numpys_median():
         np.testing.assert_array_equal(median_colours(m), want)
     floats = rng.random((2, 4, 4, 3))
     np.testing.assert_allclose(median_colours(floats), np.median(floats.reshape(2, -1, 3), axis=1))
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_colours_of_8bit_maps_against_numpy_for_any_component_count(k):
+    """Mean and median colours of uint8 maps against float64 NumPy, for 1 to 5 components
+    (OpenCV counts up to 4 channels at once; 5 takes another path) and an odd pixel count."""
+    from pfv_onnx.audit import median_colours
+
+    rng = np.random.default_rng(k)
+    maps = rng.integers(0, 256, (4, 9, 11, k), dtype=np.uint8)
+    maps[0] = 255
+    flat = maps.reshape(4, -1, k).astype(np.float64)
+    np.testing.assert_array_equal(mean_colours(maps), flat.sum(axis=1) / flat.shape[1] / 255.0)
+    np.testing.assert_array_equal(median_colours(maps), np.median(flat, axis=1) / 255.0)
+    sliced = maps[:, 1:8:2]  # not contiguous
+    flat = sliced.reshape(4, -1, k).astype(np.float64)
+    np.testing.assert_array_equal(mean_colours(sliced), flat.sum(axis=1) / flat.shape[1] / 255.0)
+    np.testing.assert_array_equal(median_colours(sliced), np.median(flat, axis=1) / 255.0)

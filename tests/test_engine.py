@@ -798,6 +798,37 @@ def test_self_check_passes_on_a_sound_rewrite(engine):
     assert pfv.self_check_result.startswith("ok")
 
 
+def test_self_check_prepared_in_the_background_gives_the_same_verdict(engine, monkeypatch):
+    """prepare_self_check builds the original model's session on another thread; the first
+    forward pass then runs it (once) and reaches the verdict a self-check made on the spot does."""
+    import threading
+
+    from pfv_onnx import runtime
+
+    case = graphs.case("resnet")
+    batch = case.batch(n=5, seed=8)
+    on_the_spot = engine(case, cache=False)
+    on_the_spot.forward(batch)
+    made_on: list[str] = []
+    real = runtime.create_session
+
+    def spy(*args, **kwargs):
+        made_on.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    prepared = engine(case, cache=False)
+    monkeypatch.setattr(runtime, "create_session", spy)
+    prepared.prepare_self_check()
+    prepared.prepare_self_check()  # a second call builds nothing more
+    fp = prepared.forward(batch)
+    assert made_on == ["pfv-self-check"] and prepared.self_check_result == on_the_spot.self_check_result
+    assert prepared.self_check_result.startswith("ok")
+    np.testing.assert_array_equal(fp.outputs[case.model.graph.output[0].name], on_the_spot.forward(batch).outputs[case.model.graph.output[0].name])
+    prepared.prepare_self_check()  # after the check: nothing to build
+    prepared.forward(batch)
+    assert made_on == ["pfv-self-check"]
+
+
 def test_self_check_warns_when_the_original_outputs_change(engine, monkeypatch):
     """The check compares the original model's outputs on the first images with the rewritten
     model's; a difference (here put into the original's side) is reported, not hidden."""

@@ -397,6 +397,41 @@ def test_page_moves_with_its_folder(run_dir, tmp_path):
         assert _local(moved, ref).is_file(), ref
 
 
+def test_page_rebuilt_from_the_folder_alone_is_the_runs_page(run_dir, tmp_path):
+    """The run draws the page's pictures in its pool and hands over the colours it computed;
+    the page rebuilt from the files alone (pfv.npz read back, pictures drawn one at a time)
+    is the same page with the same picture bytes."""
+    import re
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    files = sorted(p.relative_to(copy) for p in (copy / "report_files").rglob("*") if p.is_file())
+    before = {rel: (copy / rel).read_bytes() for rel in files}
+    (copy / "report.html").unlink()
+    write_report(copy, pool=None)
+    stamp = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    strip = lambda t: stamp.sub("", t)  # noqa: E731
+    assert strip((copy / "report.html").read_text(encoding="utf-8")) == strip((run_dir / "report.html").read_text(encoding="utf-8"))
+    assert sorted(p.relative_to(copy) for p in (copy / "report_files").rglob("*") if p.is_file()) == files
+    assert all((copy / rel).read_bytes() == data for rel, data in before.items())
+
+
+def test_a_page_that_fails_leaves_the_complete_report(image_folder, vgg_model, tmp_path, monkeypatch):
+    """The page is drawn before report.json is written: when drawing it fails, report.json
+    still calls the run complete (its results stand), and the error is raised after it."""
+    import pfv_onnx.report
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("page broken")
+
+    monkeypatch.setattr(pfv_onnx.report, "page_html", broken)
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="page broken"):
+        main(["run", str(vgg_model), str(image_folder / "disc.png"), "-o", str(out), "-q"])
+    assert _report(out)["status"] == "complete" and (out / "pfv.npz").is_file()
+    assert not (out / "report.html").exists()
+
+
 def test_sanity_section(image_folder, vgg_model, labels_file, tmp_path):
     out = tmp_path / "both"
     main(["run", str(vgg_model), str(image_folder), "-o", str(out), "-q", "--labels", str(labels_file)])

@@ -318,3 +318,52 @@ def test_labels_that_do_not_fit_are_one_warning(vgg_model, tmp_path):
     about_labels = [w for w in report["warnings"] + report["notes"] if "labels" in w]
     assert len(about_labels) == 1 and about_labels[0] in report["warnings"] and about_labels[0].startswith("3 labels")
     assert all(im["prediction"]["label"] is None for im in report["images"])
+
+
+def test_deflated_npz_entries_read_back_with_zlib(tmp_path):
+    """A deflated entry (ISA-L where installed) is a plain deflate stream: Python's zipfile
+    (zlib) checks its CRC and inflates it to the same array."""
+    import zipfile
+
+    rng = np.random.default_rng(3)
+    rgb = (np.add.outer(np.arange(40), np.arange(50))[None, :, :, None] + rng.integers(0, 3, (6, 40, 50, 3))).astype(np.uint8)
+    arrays = {"rgb": rgb, "files": np.asarray([f"f{i}.jpg" for i in range(6)])}
+    path = write_npz(tmp_path / "pfv.npz", arrays, deflate=["rgb"])
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+        info = zf.getinfo("rgb.npy")
+        assert info.compress_type == zipfile.ZIP_DEFLATED and info.compress_size < info.file_size
+        assert zf.getinfo("files.npy").compress_type == zipfile.ZIP_STORED
+    with np.load(path, allow_pickle=False) as z:
+        np.testing.assert_array_equal(z["rgb"], rgb)
+        np.testing.assert_array_equal(z["files"], arrays["files"])
+    assert npz_bytes(arrays, deflate=["rgb"]) == path.read_bytes()  # deterministic
+
+
+def test_deflated_npz_entries_come_from_isal_when_installed(tmp_path, monkeypatch):
+    """With isal installed the deflated entry is ISA-L's stream, not what zlib writes without
+    it (the point of the hook: it must not fall back silently on this Python); both inflate,
+    with zlib, to the same array."""
+    import sys
+    import zipfile
+    import zlib
+
+    pytest.importorskip("isal.isal_zlib")
+    rgb = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)[None, :, :, None].repeat(3, axis=3)
+
+    def raw_entry(path):
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo("rgb.npy")
+        with open(path, "rb") as f:  # the stream after the local header (30 bytes, the name, the extra field)
+            f.seek(info.header_offset + 26)
+            name_len, extra_len = np.frombuffer(f.read(4), dtype="<u2")
+            f.seek(info.header_offset + 30 + int(name_len) + int(extra_len))
+            return f.read(info.compress_size)
+
+    with_isal = raw_entry(write_npz(tmp_path / "a.npz", {"rgb": rgb}, deflate=["rgb"]))
+    monkeypatch.setitem(sys.modules, "isal", None)  # as if not installed
+    without = raw_entry(write_npz(tmp_path / "b.npz", {"rgb": rgb}, deflate=["rgb"]))
+    assert with_isal != without
+    assert zlib.decompress(with_isal, -15) == zlib.decompress(without, -15)
+    with np.load(tmp_path / "a.npz") as z:
+        np.testing.assert_array_equal(z["rgb"], rgb)

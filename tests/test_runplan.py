@@ -307,3 +307,29 @@ def test_a_basis_of_other_channels_is_refused_by_the_spool(tmp_path):
     basis = fit(np.concatenate([p.activations for p in _passes(20, 24, seed=1)]).transpose(0, 2, 3, 1).reshape(-1, 24), 3)[0]
     with GroupSpool(tmp_path, basis=basis) as spool, pytest.raises(InputError, match="24 channels"):
         spool.add(_passes(8, 16)[0])
+
+
+def test_npz_rows_round_as_numpy_does_at_every_boundary():
+    """pfv.npz's 8-bit rgb is rint(x * 255) in float32, clipped: checked against NumPy on the
+    float32 values nearest each rounding boundary (k + 0.5) / 255, on NaN and on values below 0."""
+    from pfv_onnx.runplan.writer import rgb_rows
+
+    near = []
+    for k in range(256):
+        v = np.float32((k + 0.5) / 255)
+        below = above = v
+        for _ in range(8):
+            below, above = np.nextafter(below, np.float32(-1)), np.nextafter(above, np.float32(2))
+            near += [below, above]
+        near.append(v)
+    x = np.clip(np.asarray(near[: len(near) // 6 * 6], np.float32), 0, 1).reshape(2, 1, -1, 3)
+
+    def numpy_rows(a):
+        with np.errstate(invalid="ignore"):
+            return np.clip(np.rint(a * np.float32(255.0)), 0, 255).astype(np.uint8)
+
+    np.testing.assert_array_equal(rgb_rows(x, "uint8"), numpy_rows(x))
+    odd = x.copy()
+    odd[0, 0, 0] = [-0.25, 0.5, 1.75]
+    np.testing.assert_array_equal(rgb_rows(odd, "uint8")[0, 0, 0], [0, 128, 255])
+    assert rgb_rows(x, "full").dtype == np.float32

@@ -552,9 +552,13 @@ def write_image_folder(folder: Path, n: int, seed: int = 2, vary: bool = False) 
     return written
 
 
-def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, provider: str, variants_wanted: bool = True) -> dict:
-    """(d) against decoding + (a) in interleaved pairs (the order alternating), then the CPU cost
-    of each output per image, measured in this process on the first run's results."""
+def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, provider: str, variants_wanted: bool = True, against: Path | None = None) -> dict:
+    """(d) against decoding + (a), interleaved: in each round decoding + (a) and every variant of
+    the command run once, in an order that rotates from round to round; each variant's ratio is
+    taken against the baseline of its round. ``against``: another source tree of pfv-onnx (a
+    ``git archive`` of an earlier commit), run with the same arguments as one more variant, for
+    before/after figures under the same load. Then the CPU cost of each output per image,
+    measured in this process on the first run's results."""
     cmd = cli_command()
     if cmd is None:
         return {"skipped": "pfv-onnx is not installed (pip install -e .)"}
@@ -577,51 +581,68 @@ def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, prov
                 plain.run(inputs.stack_batch(xs[i : i + batch_size]))
             return time.perf_counter() - t0, t1 - t0
 
-        options = [("default", [])]
+        # (label, extra arguments, command, environment)
+        options: list[tuple[str, list[str], list[str], dict[str, str] | None]] = [("default", [], cmd, None)]
         if variants_wanted:
-            options.append(("--overlay-format png", ["--overlay-format", "png"]))
-        variants, kept = [], None
-        for label, extra in options:
-            runs, base, decode_only, steps, sizes, pngs = [], [], [], [], [], 0
-            for r in range(repeats):
-                out = Path(tmp) / f"out{len(variants)}-{r}"
-                full = cmd + ["run", str(model.onnx_path), str(folder), "-o", str(out), "-q", "--batch-size", str(batch_size), "--provider", provider, *extra]
-                for first in ((0, 1) if r % 2 == 0 else (1, 0)):  # a pair, its order alternating
-                    if first == 0:
-                        b, d = baseline()
-                        base.append(b)
-                        decode_only.append(d)
-                        continue
-                    t0 = time.perf_counter()
-                    proc = subprocess.run(full, capture_output=True, text=True)
-                    runs.append(time.perf_counter() - t0)
-                    if proc.returncode != 0:
-                        return {"skipped": f"pfv-onnx run failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
-                pngs = len(list(out.rglob("*.png")))
-                steps.append(json.loads((out / "report.json").read_text())["timings"])
-                sizes.append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
-                if kept is None:
+            options.append(("--overlay-format png", ["--overlay-format", "png"], cmd, None))
+        if against is not None:
+            code = "import sys; from pfv_onnx.cli import main; sys.exit(main(sys.argv[1:]))"
+            env = {**os.environ, "PYTHONPATH": str(Path(against).resolve())}
+            options.append((f"default, the code in {Path(against).name}", [], [sys.executable, "-c", code], env))
+        base, decode_only = [], []
+        runs: list[list[float]] = [[] for _ in options]
+        steps: list[list[dict]] = [[] for _ in options]
+        sizes: list[list[int]] = [[] for _ in options]
+        pngs, kept = [0] * len(options), None
+        loads = [load_average()]
+        for r in range(repeats):
+            order = list(range(-1, len(options)))  # -1: decoding + (a)
+            shift = r % len(order)
+            for j in order[shift:] + order[:shift]:
+                if j < 0:
+                    b, d = baseline()
+                    base.append(b)
+                    decode_only.append(d)
+                    continue
+                label, extra, command, env = options[j]
+                out = Path(tmp) / f"out{j}-{r}"
+                full = command + ["run", str(model.onnx_path), str(folder), "-o", str(out), "-q", "--batch-size", str(batch_size), "--provider", provider, *extra]
+                t0 = time.perf_counter()
+                proc = subprocess.run(full, capture_output=True, text=True, env=env, cwd=tmp)
+                runs[j].append(time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    return {"skipped": f"pfv-onnx run ({label}) failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"}
+                pngs[j] = len(list(out.rglob("*.png")))
+                steps[j].append(json.loads((out / "report.json").read_text())["timings"])
+                sizes[j].append(sum(f.stat().st_size for f in out.rglob("*") if f.is_file()))
+                if kept is None and j == 0:
                     kept = out
                 else:
                     shutil.rmtree(out)
-            ratios = sorted(b / r_ for b, r_ in zip(base, runs))
-            variants.append(
-                {
-                    "label": label,
-                    "args": extra,
-                    "run_s": median(runs),
-                    "run_images_per_s": n_images / median(runs),
-                    "decode_plus_a_s": median(base),
-                    "decode_s": median(decode_only),
-                    "ratio": median(ratios),
-                    "ratio_min": ratios[0],
-                    "ratio_max": ratios[-1],
-                    "pngs_written": pngs,
-                    "output_mib": median(sizes) / 2**20,
-                    # the command's own account (report.json): decoding summed over its threads
-                    "steps_s": {k: median([st[k] for st in steps]) for k in steps[0]},
-                }
-            )
+            loads.append(load_average())
+        variants = []
+        for j, (label, extra, _, _) in enumerate(options):
+            ratios = sorted(b / r_ for b, r_ in zip(base, runs[j]))
+            variant = {
+                "label": label,
+                "args": extra,
+                "run_s": median(runs[j]),
+                "runs_s": runs[j],
+                "run_images_per_s": n_images / median(runs[j]),
+                "decode_plus_a_s": median(base),
+                "decode_s": median(decode_only),
+                "ratio": median(ratios),
+                "ratio_min": ratios[0],
+                "ratio_max": ratios[-1],
+                "pngs_written": pngs[j],
+                "output_mib": median(sizes[j]) / 2**20,
+                # the command's own account (report.json): decoding summed over its threads
+                "steps_s": {k: median([st[k] for st in steps[j]]) for k in steps[j][0]},
+            }
+            if j and options[j][3] is not None:  # the other source tree against the installed code, round by round
+                speedups = sorted(a / b for a, b in zip(runs[j], runs[0]))
+                variant["speedup_of_installed"] = {"median": median(speedups), "min": speedups[0], "max": speedups[-1]}
+            variants.append(variant)
         costs = output_costs(kept, files) if kept is not None else {}
         shown = f"pfv-onnx run {model.onnx_path.name} FOLDER -o OUT -q --batch-size {batch_size} --provider {provider}"
         v0 = variants[0]
@@ -632,6 +653,8 @@ def measure_cli(model: Model, n_images: int, batch_size: int, repeats: int, prov
             "command": shown,
             "variants": variants,
             "repeats": repeats,
+            "baseline_runs_s": base,
+            "load_averages": [_fmt_load(x) for x in loads],
             "run_s": v0["run_s"],
             "run_images_per_s": v0["run_images_per_s"],
             "decode_s": v0["decode_s"],
@@ -648,6 +671,7 @@ def output_costs(outdir: Path, files: list[Path], sample: int = 32) -> dict[str,
     import cv2
 
     from pfv_onnx import render
+    from pfv_onnx.audit import mean_colours, median_colours
     from pfv_onnx.html_report import write_report
     from pfv_onnx.inputs import decode_image
     from pfv_onnx.outputs import atomic_write_bytes, write_json, write_npz
@@ -685,7 +709,8 @@ def output_costs(outdir: Path, files: list[Path], sample: int = 32) -> dict[str,
     timed("pfv.npz", lambda: write_npz(scratch / "pfv.npz", arrays, deflate=deflate), n)
     timed("mosaic.jpg (64 tiles)", lambda: atomic_write_bytes(scratch / "m.jpg", render.encode_jpeg(render.mosaic([t[0] for t in tiles] * 2, [t[1] for t in tiles] * 2, ["x"] * 2 * len(tiles), key=3), render.MOSAIC_QUALITY)), n)
     timed("report.json", lambda: write_json(scratch / "report.json", report), n)
-    timed("report.html (with legend patches and component views)", lambda: write_report(outdir), n)
+    # as the run makes it: the map colours it computed for the audit flags handed over, the pictures drawn in a pool
+    timed("report.html (with legend patches and component views)", lambda: write_report(outdir, colours=(mean_colours(arrays["rgb"]), median_colours(arrays["rgb"]))), n)
     shutil.rmtree(scratch, ignore_errors=True)
     cpu["total"] = sum(v for k, v in cpu.items() if k != "decode (for reference)")
     return cpu
@@ -766,12 +791,14 @@ def print_report(result: dict) -> None:
         if "skipped" in cli:
             print(f"- skipped: {cli['skipped']}\n")
         else:
-            print(f"- `{cli['command']}` on {cli['images']} JPEGs of 640x480, {cli.get('repeats', 3)} interleaved pairs (run, decoding + (a)) each, medians")
+            print(f"- `{cli['command']}` on {cli['images']} JPEGs of 640x480, {cli.get('repeats', 3)} rounds (decoding + (a) and each variant once, the order rotating), medians")
+            if cli.get("load_averages"):
+                print(f"- load averages (1, 5, 15 min) before the first round and after each: {' / '.join(cli['load_averages'])}")
             print(
                 f"- decoding + (a) at batch {cli['batch_size']}: {cli['decode_plus_a_s']:.1f} s (decoding {cli['decode_s']:.1f} s), "
                 f"**{cli['decode_plus_a_images_per_s']:.1f} images/s**\n"
             )
-            print("| (d) `pfv-onnx run` | s | images/s | (d) / (decoding + (a)), pairs | output MiB | forward s | decompose s | drawing and writing s | other s |")
+            print("| (d) `pfv-onnx run` | s | images/s | (d) / (decoding + (a)), rounds | output MiB | forward s | decompose s | drawing and writing s | other s |")
             print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
             for v in cli["variants"]:
                 st = v["steps_s"]
@@ -781,6 +808,10 @@ def print_report(result: dict) -> None:
                     f"{v['output_mib']:.0f} | {st.get('forward_s', 0):.2f} | {st.get('decompose_s', 0):.2f} | {st.get('render_s', 0):.2f} | {rest:.2f} |"
                 )
             print()
+            for v in cli["variants"]:
+                if "speedup_of_installed" in v:
+                    sp = v["speedup_of_installed"]
+                    print(f"- {v['label']} / the installed code, round by round: **{sp['median']:.2f}** ({sp['min']:.2f}-{sp['max']:.2f})\n")
             if cli.get("output_cpu_ms"):
                 print("CPU ms per image of each output (one thread, made again in the benchmark's process):\n")
                 print("| output | CPU ms per image |\n|---|---:|")
@@ -808,7 +839,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-rss", action="store_true")
     parser.add_argument("--no-cli", action="store_true")
     parser.add_argument("--cli-only", action="store_true", help="only (d), the command against decoding + (a), and the CPU cost of each output")
-    parser.add_argument("--cli-repeats", type=int, help="interleaved pairs for (d) (default 2, 1 with --quick)")
+    parser.add_argument("--cli-repeats", type=int, help="interleaved rounds for (d) (default 2, 1 with --quick)")
+    parser.add_argument(
+        "--cli-against", type=Path, metavar="DIR",
+        help="also run (d) with the pfv-onnx source tree in DIR (e.g. `git archive COMMIT | tar -x -C DIR`), in the same rounds: before/after under the same load",
+    )
     parser.add_argument("--json", type=Path, help="also write every measurement to this file")
     parser.add_argument("--perf-table", action="store_true", help="only the current-state table with peers (tools/perf_table.py; with --quick a smoke run)")
     parser.add_argument("--rss-child", help=argparse.SUPPRESS)
@@ -878,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["rss"].append(measure_rss(m, bd_batch, size, args.provider, args.threads, Path(tmp)))
         if not args.no_cli and loaded and loaded[0].name == EFFICIENTNET:
             print(f"pfv-onnx run on {cli_images} images ...", file=sys.stderr, flush=True)
-            result["cli"] = measure_cli(loaded[0], cli_images, 16, cli_repeats, args.provider, variants_wanted=not args.cli_only)
+            result["cli"] = measure_cli(loaded[0], cli_images, 16, cli_repeats, args.provider, variants_wanted=not args.cli_only, against=args.cli_against)
     result["load_after"] = _fmt_load(load_average())
     result["wall_s"] = time.perf_counter() - started
     print_report(result)

@@ -11,6 +11,7 @@ import json
 import os
 import re
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -135,13 +136,26 @@ def clean(outdir: Path) -> None:
 class Pictures:
     """The pictures of one page, written into ``outdir``; ``notes`` says what could not be made."""
 
-    def __init__(self, outdir: Path, max_pixels: int):
+    def __init__(self, outdir: Path, max_pixels: int, pool: Any = None):
         self.outdir = outdir
         self.max_pixels = max_pixels
+        self.pool = pool  # an Executor that draws the pictures, or None: drawn as they are asked for
         self.notes: list[str] = []
+        self.promised: set[str] = set()  # files the caller writes once the page is drawn (report.json)
+
+    def submit(self, fn: Any, *args: Any) -> Future:
+        """``fn(*args)`` in the pool (a future of its result); done at once without one."""
+        if self.pool is not None:
+            return self.pool.submit(fn, *args)
+        done: Future = Future()
+        try:
+            done.set_result(fn(*args))
+        except BaseException as exc:
+            done.set_exception(exc)
+        return done
 
     def exists(self, rel: str | None) -> bool:
-        return bool(rel) and (self.outdir / rel).is_file()  # type: ignore[operator]
+        return bool(rel) and (rel in self.promised or (self.outdir / rel).is_file())  # type: ignore[operator]
 
     def thumbnails(self, rec: dict[str, Any]) -> dict[str, str]:
         """The record's gallery thumbnails, made now from the PNGs when the run made none."""
@@ -183,24 +197,31 @@ class Pictures:
             for side, chosen in (("pos", pos), ("neg", neg)):
                 for j, p in enumerate(chosen):
                     wanted.setdefault(p.index, []).append((c, side, j, p))
-        saved: dict[tuple[int, str, int], str] = {}
-        written: set[str] = set()
-        for i, jobs in wanted.items():  # each original decoded once
+
+        def patches(i: int, jobs: list[tuple[int, str, int, Patch]]) -> dict[tuple[int, str, int], str] | None:
+            """The patches cut from original ``i`` (decoded once), or None when it cannot be read again."""
             rec = recs[i]
             img = decoded(rec["file"], rec.get("size") or [0, 0], self.max_pixels)
             if img is None:
-                self.notes.append(f"legend: {Path(rec['file']).name} could not be read again, its patches are left out")
-                continue
+                return None
             crop = rec.get("crop_box") or [0, 0, img.shape[1], img.shape[0]]
+            out: dict[tuple[int, str, int], str] = {}
             for c, side, j, p in jobs:
                 rel = f"{LEGEND}/g{g}-{i}-y{p.y}x{p.x}.jpg"  # one file per place: a place can end several components
-                if rel not in written:
+                if rel not in out.values():
                     x0, y0, x1, y1 = patch_box(p.y, p.x, (gh, gw), crop, img.shape[:2])
                     interp = cv2.INTER_AREA if (x1 - x0) > PATCH_SIDE else cv2.INTER_LINEAR
                     patch = cv2.resize(img[y0:y1, x0:x1], (PATCH_SIDE, PATCH_SIDE), interpolation=interp)
                     atomic_write_bytes(self.outdir / rel, encode_jpeg(patch, PAGE_QUALITY), durable=False)
-                    written.add(rel)
-                saved[(c, side, j)] = rel
+                out[(c, side, j)] = rel
+            return out
+
+        saved: dict[tuple[int, str, int], str] = {}
+        for i, cut in [(i, self.submit(patches, i, jobs)) for i, jobs in wanted.items()]:  # in the pool, then in order
+            if cut.result() is None:
+                self.notes.append(f"legend: {Path(recs[i]['file']).name} could not be read again, its patches are left out")
+            else:
+                saved.update(cut.result())
         return [
             tuple([(p, saved[(c, side, j)]) for j, p in enumerate(chosen) if (c, side, j) in saved] for side, chosen in (("pos", pos), ("neg", neg)))  # type: ignore[misc]
             for c, (pos, neg) in enumerate(picks)

@@ -19,6 +19,7 @@ from ..audit import mean_colours, median_colours, record_flags
 from ..render import component_ends
 from . import sections
 from .assets import PATCH_SIDE, THUMB_SIDE, Pictures, read_components, thumb_size
+from .colours import colour_key, keyline
 from .fmt import asset, component_name, css_rgb, e, fill, kv, pct, seconds, spectrum_svg, url
 from .legend import PATCH_CELLS
 
@@ -35,28 +36,6 @@ class _Entry:
     thumb_hw: tuple[int, int]
     flags: dict[str, Any] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)
-
-
-def colour_key(k: int) -> str:
-    """The two ends and the neutral middle of each drawn component, as CSS gradients."""
-    items = []
-    for c, (lo, mid, hi) in enumerate(component_ends(k)):
-        name = "brightness" if k == 1 else f"component {c + 1} ({component_name(c, k)})"
-        grad = f"linear-gradient(90deg,{css_rgb(lo)},{css_rgb(mid)},{css_rgb(hi)})"
-        items.append(
-            f'<span class="item" data-component="{c + 1}"><b>{e(name)}</b><span class="ends">−</span>'
-            f'<span class="bar" style="background:{grad}" title="negative end, neutral, positive end"></span><span class="ends">+</span></span>'
-        )
-    return f'<div class="ckey" aria-label="colour key">{"".join(items)}</div>'
-
-
-def _keyline(k: int, typical: tuple[float, ...] | None) -> str:
-    parts = []
-    if typical is not None and len(typical) == 3:
-        parts.append(f'<span title="the median colour of this group\'s maps: most places are weak or average">typical (neutral) here<i style="background:{css_rgb(typical)}"></i></span>')
-    for c, (lo, _, hi) in enumerate(component_ends(k)):
-        parts.append(f'<i style="background:{css_rgb(hi)}"></i>{c + 1}+<i style="background:{css_rgb(lo)}"></i>{c + 1}−')
-    return " ".join(parts)
 
 
 def _prediction(rec: dict[str, Any]) -> str:
@@ -83,10 +62,12 @@ def _badges(flags: dict[str, Any], rec: dict[str, Any]) -> str:
 
 
 class Page:
-    def __init__(self, outdir: Path, report: dict[str, Any] | None, sanity: dict[str, Any] | None):
+    def __init__(self, outdir: Path, report: dict[str, Any] | None, sanity: dict[str, Any] | None, pool: Any = None,
+                 colours: tuple[np.ndarray, np.ndarray] | None = None) -> None:  # fmt: skip
         self.outdir, self.report, self.sanity = outdir, report, sanity
+        self.given_colours = colours  # (means, medians) of pfv.npz's rows, from the run that wrote it
         max_pixels = int(((report or {}).get("preprocessing") or {}).get("max_pixels") or 100_000_000)
-        self.files = Pictures(outdir, max_pixels)
+        self.files = Pictures(outdir, max_pixels, pool)
         self.k = int(((report or {}).get("pfv") or {}).get("k") or 3)
         self.typical: dict[int, tuple[float, ...]] = {}  # per group: the median colour of its maps, where most places are weak
 
@@ -99,6 +80,10 @@ class Page:
 
         name = ((self.report or {}).get("outputs") or {}).get("npz")
         rows = [int(r.get("row", 0)) for r in images]
+        if self.given_colours is not None and name:
+            means, medians = (np.asarray(c) for c in self.given_colours)
+            if means.ndim == medians.ndim == 2 and len(means) == len(medians) and all(0 <= r < len(means) for r in rows):
+                return means[rows].reshape(len(rows), -1), medians[rows].reshape(len(rows), -1)
         if name and (self.outdir / name).is_file():
             from ..outputs import npz_row_blocks
 
@@ -283,6 +268,7 @@ class Page:
             by_group.setdefault(int(rec.get("group", 0)), []).append(rec)
         entries_all: list[_Entry] = []
         parts: list[str] = []
+        drawing: list[tuple[_Entry, Any]] = []  # the views being drawn in the pool
         for grp in groups:
             g = int(grp.get("index", 0))
             recs = sorted(by_group.get(g, []), key=lambda r: int(r.get("row", 0)))
@@ -299,7 +285,7 @@ class Page:
                 size = rec.get("size") or [THUMB_SIDE, THUMB_SIDE]
                 en = _Entry(rec, f"g{g}-{int(rec.get('row', 0))}", self.files.thumbnails(rec), thumb_size(int(size[0]), int(size[1])), flags[id(rec)])
                 if comps is not None:
-                    en.views = self.files.component_views(g, int(rec.get("row", 0)), rec, comps[i], scales, en.thumbs.get("thumb_image"))
+                    drawing.append((en, self.files.submit(self.files.component_views, g, int(rec.get("row", 0)), rec, comps[i], scales, en.thumbs.get("thumb_image"))))
                 entries.append(en)
             first_row = int(recs[0].get("row", 0)) if recs else 0
             title, sub = self._group_title(grp, first_row, len(recs), len(groups))
@@ -310,11 +296,13 @@ class Page:
             parts.append(
                 fill(
                     "group.html",
-                    g=g, title=e(title), sub=e(f"{sub} · {len(recs)} image{'s' if len(recs) != 1 else ''}"), keyline=_keyline(self.k, self.typical.get(g)),
+                    g=g, title=e(title), sub=e(f"{sub} · {len(recs)} image{'s' if len(recs) != 1 else ''}"), keyline=keyline(self.k, self.typical.get(g)),
                     chart=spectrum_svg(ratios, sections.decomposed_channels(report), bool(pfv.get("basis"))) if ratios else "",
                     legend=self._legend(g, entries, comps) if comps is not None else "<p class=muted>not available</p>", cards=cards,
                 )
             )
+        for en, views in drawing:
+            en.views = views.result()
         boxes = [self._lightbox(en, entries_all[i - 1] if i else None, entries_all[i + 1] if i + 1 < len(entries_all) else None) for i, en in enumerate(entries_all)]
         return self._how_to_read() + self._toolbar(entries_all, groups) + "".join(parts), boxes
 

@@ -96,6 +96,8 @@ def execute(job: RunJob, *, stop_after: int | None = None) -> RunSummary:
         return RunSummary(earlier, already_done=True)
     if job.on_start is not None:
         job.on_start()
+    if job.ray is None and hasattr(job.pfv, "prepare_self_check"):  # while the first images decode
+        job.pfv.prepare_self_check()
     clean_stale_temp_files(outdir, depth=2)  # and in the page's folders (report_files/thumbs, ...)
     restored = progress.restore()
     plan = progress.class_plan() if job.by_class else None

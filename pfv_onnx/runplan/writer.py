@@ -9,15 +9,15 @@ are left out of ``pfv.npz``.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..decompose_spooled import PART_IMAGES
 from ..errors import InputError, one_line
 from .outdir import MOSAIC, NPZ, REPORT, REPORT_HTML
-from ..audit import ATYPICAL_DISTANCE, LOW_CONFIDENCE, MIN_CLASS_SIZE, mean_colours, record_flags
+from ..audit import ATYPICAL_DISTANCE, LOW_CONFIDENCE, MIN_CLASS_SIZE, mean_colours, median_colours, record_flags
 from ..predictions import labels_fit, predictions
 from .progress import SavedGroup
 
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from .loading import Loaded
 
 MOSAIC_MAX = 64  # images shown in the mosaic
+# Images coloured at once while the pool draws the part before: small, so that the pool starts
+# drawing soon after the decomposition (each image's colours do not depend on the part size).
+RENDER_PART = 16
 MOSAIC_TILE = 160
 LOSSY_FORMATS = frozenset({"jpeg"})  # DecodedImage.format values whose overlays are JPEG under --overlay-format auto
 NPZ_PRECISIONS = ("uint8", "full")
@@ -37,6 +40,11 @@ def rgb_rows(rgb: Any, precision: str) -> np.ndarray:
     rgb = np.asarray(rgb, dtype=np.float32)
     if precision == "full":
         return rgb
+    if rgb.ndim >= 2 and rgb.size and rgb.flags.c_contiguous and float(rgb.min()) >= 0.0:
+        import cv2  # one pass, the same rounding (half to even) and saturation: 60x faster than the NumPy chain
+
+        flat = rgb.reshape(-1, rgb.shape[-1] * (rgb.shape[-2] if rgb.ndim > 2 else 1))
+        return cv2.convertScaleAbs(flat, alpha=255.0).reshape(rgb.shape)
     return np.clip(np.rint(rgb * np.float32(255.0)), 0, 255).astype(np.uint8)
 
 
@@ -109,6 +117,7 @@ class RunWriter:
         self.tiles: list[tuple[np.ndarray, np.ndarray, dict[str, Any] | None, str, int]] = []
         self.eigenvalues: list[np.ndarray] = []
         self.colours: list[np.ndarray] = []
+        self.medians: list[np.ndarray] = []  # for the page's typical colour of a group
         self.explained: list[np.ndarray] = []
         self.row_groups: list[int] = []
         self.row_files: list[str] = []
@@ -173,7 +182,7 @@ class RunWriter:
                     tiles.append((tile[0], tile[1], preds[j], images[-1]["name"], index))
                 kept.append(j)
                 drawn.append(jj)
-            rows = np.asarray(drawn, dtype=np.intp)
+            rows = np.asarray(drawn, dtype=np.intp) if len(drawn) < len(futures) else slice(None)  # all drawn: no copy
             stop = start + len(futures)
             self.spool.append("rgb", rgb_rows(rgb[rows], self.npz_precision))
             self.spool.append("components", np.asarray(res.components[start:stop], dtype=np.float32)[rows])
@@ -182,7 +191,7 @@ class RunWriter:
 
         # Part by part: the pictures of one part are drawn in the pool while the next part's colours are computed.
         pending: tuple[int, list[Any], np.ndarray] | None = None
-        for start, rgb in res.rgb_parts(PART_IMAGES):
+        for start, rgb in res.rgb_parts(RENDER_PART):
             futures = [
                 self.pool.submit(
                     render_one, self.outdir, self.names[item.index], rgb[jj], item.image, item.path, self.prep,
@@ -232,7 +241,9 @@ class RunWriter:
         self.tiles.extend(saved.tiles[: max(0, MOSAIC_MAX - len(self.tiles))])
         self.row_groups.extend([saved.index] * len(saved.files))
         self.row_files.extend(saved.files)
-        self.colours.append(mean_colours(saved.arrays["rgb"]))  # for the audit flags: as the page reads them from pfv.npz
+        self.colours.append(mean_colours(saved.arrays["rgb"]))  # for the audit flags and the page: as it would read them from pfv.npz
+        if self.html:
+            self.medians.append(median_colours(saved.arrays["rgb"]))
         self.eigenvalues.append(np.asarray(saved.eigenvalues, dtype=np.float64))
         self.explained.append(np.asarray(saved.explained_variance_ratio, dtype=np.float64))
         self.report["images"].extend(saved.images)
@@ -247,7 +258,7 @@ class RunWriter:
 
     def finish(self) -> None:
         """Write pfv.npz, the mosaic, the complete report and the page."""
-        from ..outputs import sync_all, write_json, write_npz
+        from ..outputs import atomic_write_text, json_text, sync_all, write_npz
         from ..render import MOSAIC_QUALITY, encode_jpeg, mosaic
 
         report = self.report
@@ -289,12 +300,25 @@ class RunWriter:
         report["status"] = "complete"
         if self.html:
             report["outputs"]["html"] = REPORT_HTML
-        sync_all(self.outdir)  # the pictures, written unsynced, reach the disk before the report calls the run complete
-        write_json(self.outdir / REPORT, report)
+        text = json_text(report)
+        # The pictures, written unsynced, reach the disk before the report calls the run complete;
+        # the page (its pictures, from the report as report.json will hold it) is drawn meanwhile.
+        syncing = self.pool.submit(sync_all, self.outdir)
+        page, failed = None, None
         if self.html:
-            from ..html_report import write_report
+            from ..report import page_html
 
-            write_report(self.outdir)
+            given = (np.concatenate(self.colours), np.concatenate(self.medians)) if self.rows else None
+            try:
+                page = page_html(self.outdir, report=json.loads(text), pool=self.pool, colours=given)
+            except Exception as exc:  # the results stand without their page: report.json first, then the error
+                failed = exc
+        syncing.result()
+        atomic_write_text(self.outdir / REPORT, text)
+        if failed is not None:
+            raise failed
+        if page is not None:
+            atomic_write_text(self.outdir / REPORT_HTML, page)
 
     def close(self) -> None:
         """Remove the spooled rows (after :meth:`finish`, or when the run stops)."""
