@@ -243,7 +243,7 @@ class PFV:
                 reference = check.reference(probe, quiet=len(probe) < len(chunk))
             values = sess.run(chunk, device_outputs=tap_names)
             if check is not None:
-                check.settle(reference, values, len(probe), chunk, sess.provider)
+                check.settle(reference, values, len(probe), chunk, sess.provider, [fm.dtype for fm in analysis.chosen])
             runs.append({k: _image_rows(v, chunk.shape[0], n_real) for k, v in values.items()})
         values = runs[0] if len(runs) == 1 else {k: concat([r[k] for r in runs]) for k in runs[0]}
         by_source = {t.source: values[t.output] for t in taps}
