@@ -303,8 +303,15 @@ def _module_for_scope(node_name: str, modules: dict) -> tuple[object, int]:
 # --------------------------------------------------------------------------- timing
 
 
+# Seconds of rest before each timed call: the previous call's thread pools (onnxruntime's and
+# PyTorch's workers spin for a while after a call returns: 34 ms of a core after a 2-thread pass
+# of EfficientNet-Lite0 with onnxruntime's defaults) would otherwise take a core from the next.
+SETTLE_S = 0.1
+
+
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per call of each function: warm-up, then rounds that run each once, rotating the order."""
+    """Seconds per call of each function: warm-up, then rounds that run each once, rotating the
+    order; each call starts after ``SETTLE_S`` of rest (not counted)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -313,6 +320,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeats: int, warmup: int 
     for r in range(repeats):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
+            time.sleep(SETTLE_S)
             t0 = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - t0)
