@@ -798,6 +798,35 @@ def test_self_check_passes_on_a_sound_rewrite(engine):
     assert pfv.self_check_result.startswith("ok")
 
 
+def test_exiting_while_the_self_check_session_is_built_is_clean(tmp_path):
+    """A process that exits (a user mistake, every image unreadable, Ctrl-C) while the prepared
+    session of the original model is still being built ends normally, not with an abort."""
+    import subprocess
+    import sys
+
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "input"
+    for i in range(600):  # a graph that onnxruntime takes a while to optimise
+        inits += [numpy_helper.from_array(rng.normal(0, 0.1, (16, 16 if i else 3, 3, 3)).astype(np.float32), f"w{i}")]
+        nodes += [helper.make_node("Conv", [x, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1]), helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        x = f"r{i}"
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["g"]), helper.make_node("Flatten", ["g"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "deep", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 16])], inits,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "deep.onnx"
+    onnx.save(model, path)
+    code = f"import sys; from pfv_onnx import PFV; p = PFV({str(path)!r}, provider='cpu'); p.prepare_self_check(); sys.exit(3)"
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 3, done.stderr[-500:]
+
+
 def test_self_check_prepared_in_the_background_gives_the_same_verdict(engine, monkeypatch):
     """prepare_self_check builds the original model's session on another thread; the first
     forward pass then runs it (once) and reaches the verdict a self-check made on the spot does."""
