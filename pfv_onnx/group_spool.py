@@ -6,7 +6,7 @@ A :class:`GroupSpool` takes the forward passes of one group as they come: the ro
 the decomposition), the weighting maps S_l and the model's outputs are appended to files in
 a temporary folder inside the output folder, and the group-wide peaks (largest magnitudes
 for the float-range checks, maxima for the hierarchical weighting) are kept as they come.
-The decomposition (``decompose.decompose_spooled``) then reads the rows back memory-mapped:
+The decomposition (``decompose_spooled.decompose_spooled``) then reads the rows back memory-mapped:
 their pages belong to the files, not to the process, and the kernel drops them as needed.
 """
 

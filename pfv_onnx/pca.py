@@ -19,7 +19,7 @@ from .xp import array_module, to_host
 
 # Rows per block of the float32 products whose sums are accumulated in float64.
 _BLOCK_ROWS = 2048
-_APPLY_ROWS = 1024  # rows per block of the Krylov products (in cache for the block's second product)
+_APPLY_BYTES = 4 << 20  # a block of rows of the Krylov products (in cache for its second product)
 _SEGMENT_ROWS = 64  # row segments start at multiples of this many rows
 # Row segments of the Krylov products, summed in float64 in a fixed order (spread over the threads).
 _SEGMENTS = 8
@@ -300,16 +300,15 @@ def _fit_krylov(Xc: Any, resid: Any, k: int):
     def apply(Q: np.ndarray) -> np.ndarray:
         Q32 = xp.asarray(Q, dtype=xp.float32)
         if xp is np:
-            # (Q^T Xc^T) Xc over fixed segments of rows on the math threads: two products per
-            # block of rows, the thin block as the short side of row-major products (about twice
-            # as fast as 64-row blocks of Xc Q then Xc^T Y); the segments' float32 sums are added
-            # in float64 in a fixed order, whatever the number of threads.
-            Qt = np.ascontiguousarray(Q32.T)
+            # (Q^T Xc^T) Xc over fixed segments of rows on the math threads, two row-major products
+            # per block of rows with the thin block as their short side (nearly twice as fast as
+            # Xc Q then Xc^T Y); the segments' float32 sums add up in float64 in a fixed order.
+            Qt, block = np.ascontiguousarray(Q32.T), max(_SEGMENT_ROWS, _APPLY_BYTES // (4 * c))
 
             def segment(span: tuple[int, int]) -> np.ndarray:
                 Zt32 = np.zeros((Qt.shape[0], c), dtype=np.float32)
-                for start in range(span[0], span[1], _APPLY_ROWS):
-                    rows = Xc[start : min(start + _APPLY_ROWS, span[1])]
+                for start in range(span[0], span[1], block):
+                    rows = Xc[start : min(start + block, span[1])]
                     Zt32 += (Qt @ rows.T) @ rows
                 return Zt32
 

@@ -311,7 +311,7 @@ def test_a_basis_of_other_channels_is_refused_by_the_spool(tmp_path):
 
 def test_npz_rows_round_as_numpy_does_at_every_boundary():
     """pfv.npz's 8-bit rgb is rint(x * 255) in float32, clipped: checked against NumPy on the
-    float32 values nearest each rounding boundary (k + 0.5) / 255, on NaN and on values below 0."""
+    float32 values nearest each rounding boundary (k + 0.5) / 255, on values below 0 and far above 1."""
     from pfv_onnx.runplan.writer import rgb_rows
 
     near = []
@@ -332,4 +332,7 @@ def test_npz_rows_round_as_numpy_does_at_every_boundary():
     odd = x.copy()
     odd[0, 0, 0] = [-0.25, 0.5, 1.75]
     np.testing.assert_array_equal(rgb_rows(odd, "uint8")[0, 0, 0], [0, 128, 255])
+    big = x.copy()
+    big[0, 0, 0] = [0.5, np.inf, 1e30]
+    np.testing.assert_array_equal(rgb_rows(big, "uint8")[0, 0, 0], [128, 255, 255])
     assert rgb_rows(x, "full").dtype == np.float32
