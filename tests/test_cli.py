@@ -363,6 +363,26 @@ def test_predictions_logits_probabilities_and_labels():
 # --------------------------------------------------------------------------- demo, README, CI
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="sets a file-size limit in the child before it starts")
+def test_a_full_disk_is_one_line_not_a_traceback(tmp_path):
+    """A write that fails for lack of room (here a file-size limit of 300 kB, which the spool of
+    the demo's forward passes exceeds) ends the command with one line saying what to do."""
+    import resource
+    import signal
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing the child
+        resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+
+    p = subprocess.run(
+        [_console_script(), "demo", "-o", str(tmp_path / "demo"), "-q"], capture_output=True, text=True, timeout=300, preexec_fn=limited
+    )
+    assert p.returncode == 2, p.stderr[-2000:]
+    lines = _error_lines(p.stderr)
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert lines[0].startswith("pfv-onnx demo: error: could not write") and "run the same command again" in lines[0]
+
+
 def test_demo_on_the_bundled_model(tmp_path):
     out = tmp_path / "demo"
     p = _cli("demo", "-o", str(out), "--quiet", timeout=300)

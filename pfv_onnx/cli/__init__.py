@@ -8,6 +8,7 @@ exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 import traceback
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Write errors of a full disk, a quota or a file-size limit: the environment, not a bug.
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     from ..errors import PfvError
@@ -69,6 +74,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = "; run the same command again to resume: finished groups are kept" if args.command in RESUMABLE else ""
         print(f"pfv-onnx {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in _FULL:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        where = f" {exc.filename}" if exc.filename else ""
+        hint = "; free some space (or write elsewhere) and run the same command again to resume" if args.command in RESUMABLE else ""
+        print(f"pfv-onnx {args.command}: error: could not write{where}: {exc.strerror or exc}{hint}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into a program that stopped reading
         sys.stderr.close()
         return 0
