@@ -13,6 +13,7 @@ their pages belong to the files, not to the process, and the kernel drops them a
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -91,9 +92,17 @@ class GroupSpool:
         return {key.split("/", 1)[1]: self.rows.array(key) for key in self.rows.keys() if key.startswith("output/")}
 
     def scratch(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """A writable memory-mapped array in the spool's folder (``pca.fit``'s centred rows)."""
+        """A writable memory-mapped array in the spool's folder (``pca.fit``'s centred rows).
+
+        Its disk space is reserved first, where the system can: a full disk is then an OSError
+        here, not a SIGBUS when a page of the map is written later."""
         self._scratch += 1
-        return np.memmap(self.folder / f"{_TEMP_PREFIX}scratch-{self._scratch}.tmp", dtype=dtype, mode="w+", shape=shape)
+        path = self.folder / f"{_TEMP_PREFIX}scratch-{self._scratch}.tmp"
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        with open(path, "wb") as f:
+            if nbytes and hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(f.fileno(), 0, nbytes)
+        return np.memmap(path, dtype=dtype, mode="r+" if nbytes else "w+", shape=shape)
 
     def close(self) -> None:
         """Delete the folder and everything in it."""

@@ -6,6 +6,7 @@ process is killed; tests/test_resume.py kills real processes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -336,3 +337,19 @@ def test_npz_rows_round_as_numpy_does_at_every_boundary():
     big[0, 0, 0] = [0.5, np.inf, 1e30]
     np.testing.assert_array_equal(rgb_rows(big, "uint8")[0, 0, 0], [128, 255, 255])
     assert rgb_rows(x, "full").dtype == np.float32
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate"), reason="the system cannot reserve disk space")
+def test_a_spools_scratch_has_its_disk_space_reserved(tmp_path):
+    """pca.fit's memory-mapped scratch is allocated when made: a full disk is then an error at
+    that point, not a SIGBUS when a page of the map is written later."""
+    from pfv_onnx.group_spool import GroupSpool
+
+    with GroupSpool(tmp_path) as spool:
+        a = spool.scratch((2000, 512), np.float32)
+        assert a.shape == (2000, 512) and a.dtype == np.float32
+        st = os.stat(a.filename)
+        assert st.st_size == a.nbytes and st.st_blocks * 512 >= a.nbytes  # not a sparse file
+        a[-1] = 7.0
+        assert float(a[-1].sum()) == 7.0 * 512
+        assert spool.scratch((0, 4), np.float32).shape == (0, 4)
