@@ -171,7 +171,7 @@ def npz_bytes(arrays: Mapping[str, np.ndarray], *, deflate: Iterable[str] = ()) 
     """A ``.npz`` archive readable by :func:`numpy.load` without pickle. Entries are stored
     uncompressed unless named in ``deflate`` (8-bit maps shrink several times, float maps by 10%
     for more time than the whole PFV computation); a fixed timestamp, unlike :func:`numpy.savez`,
-    makes the same arrays always give the same bytes."""
+    makes the same arrays give the same bytes with the same deflate library (ISA-L, else zlib)."""
     buf = io.BytesIO()
     _write_npz_to(buf, arrays, deflate)
     return buf.getvalue()
