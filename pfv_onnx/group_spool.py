@@ -30,19 +30,41 @@ def _max_peak(old: float, new: float) -> float:
     return math.nan if math.isnan(old) or math.isnan(new) else max(old, new)
 
 
-class GroupSpool:
+class FolderSpool:
+    """Rows appended to files in a temporary folder inside ``outdir`` (a :class:`RowSpool`).
+    Call :meth:`close` when done, also after an error; an interrupted run's folder is removed
+    by the next run (``outputs.clean_stale_temp_files``)."""
+
+    def __init__(self, outdir: str | Path) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=outdir))
+        self.rows = RowSpool(self.folder)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        """The model's outputs of every row, by name (memory-mapped)."""
+        return {key.split("/", 1)[1]: self.rows.array(key) for key in self.rows.keys() if key.startswith("output/")}
+
+    def close(self) -> None:
+        """Delete the folder and everything in it."""
+        self.rows.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self):  # the spool itself, of its own class
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class GroupSpool(FolderSpool):
     """The forward passes of one group on disk (see the module docstring).
 
     ``basis``: a principal basis to project the rows onto as they come (then only the
     (rows, k) projections are kept, under ``"P"``; else the rows themselves, under ``"E"``).
-    ``outdir``: the folder the temporary folder is made in. Call :meth:`close` when done,
-    also after an error; an interrupted run's folder is removed by the next run
-    (``outputs.clean_stale_temp_files``).
+    ``outdir``: the folder the temporary folder is made in (see :class:`FolderSpool`).
     """
 
     def __init__(self, outdir: str | Path, basis: Any = None) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=outdir))
-        self.rows = RowSpool(self.folder)
+        super().__init__(outdir)
         self.basis = basis
         self.n = 0
         self.input_hw: tuple[int, int] | None = None
@@ -87,10 +109,6 @@ class GroupSpool:
         """The weighting maps S_l of images ``start:stop``, earliest first (memory-mapped)."""
         return [self.rows.array(f"S{i}", start, stop) for i in range(len(self.maxima))]
 
-    def outputs(self) -> dict[str, np.ndarray]:
-        """The model's outputs of every image, by name (memory-mapped)."""
-        return {key.split("/", 1)[1]: self.rows.array(key) for key in self.rows.keys() if key.startswith("output/")}
-
     def scratch(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         """A writable memory-mapped array in the spool's folder (``pca.fit``'s centred rows).
 
@@ -103,14 +121,3 @@ class GroupSpool:
             if nbytes and hasattr(os, "posix_fallocate"):
                 os.posix_fallocate(f.fileno(), 0, nbytes)
         return np.memmap(path, dtype=dtype, mode="r+" if nbytes else "w+", shape=shape)
-
-    def close(self) -> None:
-        """Delete the folder and everything in it."""
-        self.rows.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> GroupSpool:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -77,6 +77,14 @@ def _kind(a: np.ndarray) -> str | None:
     return "probabilities" if nonnegative and sums_to_one else "scores"
 
 
+def _scores(outputs: Mapping[str, Any], n: int, order: Sequence[str] | None) -> tuple[np.ndarray | None, str | None, str | None]:
+    """The class-score output as (n, classes), its kind (see :func:`_kind`) and its name; the
+    array is None when there is none or when it holds NaN or Inf."""
+    a, name = _class_output(outputs, n, order)
+    kind = _kind(a) if a is not None else None
+    return (a if kind is not None else None), kind, name
+
+
 def _probabilities(part: np.ndarray, kind: str) -> np.ndarray:
     z = part.astype(np.float64)  # a copy
     return z if kind == "probabilities" else softmax(z, overwrite=True)
@@ -89,11 +97,8 @@ def class_scores(outputs: Mapping[str, Any], n: int, order: Sequence[str] | None
     through a softmax. Returns ``(probabilities, output name)``; ``(None, name)`` when that
     output holds NaN or Inf, ``(None, None)`` when no output looks like class scores.
     """
-    a, name = _class_output(outputs, n, order)
-    kind = _kind(a) if a is not None else None
-    if a is None or kind is None:
-        return None, name
-    return _probabilities(a, kind), name
+    a, kind, name = _scores(outputs, n, order)
+    return (None, name) if a is None else (_probabilities(a, kind), name)  # type: ignore[arg-type]
 
 
 def predictions(
@@ -106,8 +111,7 @@ def predictions(
     or None for each image when no output looks like class scores; and the output's name.
     The probabilities are made a part of the rows at a time (the same values as all at once).
     """
-    a, name = _class_output(outputs, n, order)
-    kind = _kind(a) if a is not None else None
+    a, kind, name = _scores(outputs, n, order)
     if a is None or kind is None:
         return [None] * n, name
     records: list[dict[str, Any] | None] = []

@@ -12,25 +12,20 @@ decomposition is the one of the same passes held in memory.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..group_spool import FolderSpool
 
-class PassSpool:
-    """Forward passes by input file (see the module docstring). Call :meth:`close` when
-    done, also after an error; an interrupted run's folder is removed by the next run
-    (``outputs.clean_stale_temp_files``)."""
+
+class PassSpool(FolderSpool):
+    """Forward passes by input file (see the module docstring and :class:`FolderSpool`)."""
 
     def __init__(self, outdir: str | Path) -> None:
-        from ..outputs import _TEMP_PREFIX, RowSpool
-
-        self.folder = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=".tmp", dir=outdir))
-        self.rows = RowSpool(self.folder)
+        super().__init__(outdir)
         self.files: list[int] = []  # the input file of each row
         self.row_of: dict[int, int] = {}
         self.weight_count = 0
@@ -57,10 +52,6 @@ class PassSpool:
             self.row_of[int(f)] = len(self.files)
             self.files.append(int(f))
 
-    def outputs(self) -> dict[str, np.ndarray]:
-        """The model's outputs of every row, by name (memory-mapped)."""
-        return {key.split("/", 1)[1]: self.rows.array(key) for key in self.rows.keys() if key.startswith("output/")}
-
     def passes(self, files: Sequence[int], size: int) -> Iterator[Any]:
         """The forward passes of the input files ``files``, in that order, ``size`` files per pass."""
         from ..decompose import ForwardPass
@@ -77,14 +68,3 @@ class PassSpool:
         """Rows ``rows`` of ``key``, read from its memory-mapped file into memory."""
         lo, hi = int(rows.min()), int(rows.max()) + 1
         return np.ascontiguousarray(self.rows.array(key, lo, hi)[rows - lo]).view(np.ndarray)
-
-    def close(self) -> None:
-        """Delete the folder and everything in it."""
-        self.rows.close()
-        shutil.rmtree(self.folder, ignore_errors=True)
-
-    def __enter__(self) -> PassSpool:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
